@@ -1,0 +1,78 @@
+"""Every config key of ringlm with its default; presets override a few of these.
+
+Single-letter dims used in comments and shape suffixes: B batch, S sequence length, D d_model,
+H query heads, K kv heads, E head dim, F d_ff, V vocab.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # seeds params init, data order and objective noise
+  c.objective = 'causal'  # causal | prefix_lm | masked_lm
+
+  c.model = m = ml_collections.ConfigDict()
+  m.num_layers = 2  # transformer blocks
+  m.d_model = 128  # D: residual width
+  m.num_heads = 4  # H: query heads
+  m.num_kv_heads = 4  # K: key/value heads (GQA when K < H; H % K == 0)
+  m.head_dim = 0  # E: per-head width; 0 means d_model // num_heads
+  m.d_ff = 512  # F: SwiGLU hidden width
+  m.attention = 'vanilla'  # vanilla | blockwise | ring
+  m.ffn = 'standard'  # standard | blockwise (BPT: the MLP applied per sequence chunk)
+  m.q_block = 128  # query block length for blockwise and ring attention
+  m.kv_block = 128  # key/value block length for blockwise and ring attention
+  m.ffn_block = 128  # sequence chunk length for the blockwise FFN
+  m.rope_theta = 10_000.0  # RoPE base frequency
+  m.norm_eps = 1e-6  # RMSNorm epsilon
+  m.init_std = 0.02  # stddev of the normal init of embeddings and projections
+  m.tie_embeddings = True  # LM head shares the token embedding
+  m.dtype = 'float32'  # compute dtype: float32 | bfloat16 (params stay float32)
+  m.remat = False  # recompute each block's activations in the backward pass
+  m.scan_layers = False  # one scanned block instead of num_layers unrolled ones (faster compile)
+
+  c.data = d = ml_collections.ConfigDict()
+  d.text_dir = ''  # a folder of text files to train on; '' with tfds_name '' = the embedded stdlib corpus
+  d.text_glob = '**/*.txt'  # which files under text_dir are documents
+  d.tfds_name = ''  # a tfds catalogue name (e.g. 'c4/en:3.1.0'); read as is
+  d.tfds_data_dir = ''  # tfds data dir for tfds_name ('' = tfds default, e.g. gs://... on a TPU VM)
+  d.text_key = 'text'  # feature holding the document text in a catalogue dataset
+  d.train_split = 'train'  # split to train on
+  d.eval_split = 'validation'  # split to evaluate on
+  d.validation_percent = 5  # local corpora: percent of documents (by path hash) held out
+  d.cache_dir = '~/.cache/ringlm'  # built tfds data, tokenizers and packed arrays (reused across runs)
+  d.seq_len = 256  # S: tokens per packed row
+  d.tokenizer = 'sentencepiece'  # sentencepiece | byte
+  d.vocab_size = 2048  # V: tokenizer vocabulary (byte tokenizer: must be 256 + special ids)
+  d.spm_model_type = 'bpe'  # bpe | unigram | char | word
+  d.spm_max_chars = 20_000_000  # characters of training text fed to sentencepiece training
+
+  c.train = t = ml_collections.ConfigDict()
+  t.steps = 1000  # total optimizer steps
+  t.batch_size = 16  # global batch, in packed sequences
+  t.learning_rate = 3e-3  # peak learning rate
+  t.warmup_steps = 100  # linear warmup from 0 to learning_rate
+  t.end_lr_fraction = 0.1  # cosine decay ends at learning_rate * end_lr_fraction
+  t.weight_decay = 0.1  # AdamW decoupled weight decay
+  t.decay_embeddings_and_norms = False  # apply weight decay to embeddings and norm scales too
+  t.b1 = 0.9  # Adam beta1
+  t.b2 = 0.95  # Adam beta2
+  t.eps = 1e-8  # Adam epsilon
+  t.grad_clip = 1.0  # global-norm clip; 0 disables
+  t.log_every = 10  # steps between metric lines
+  t.eval_every = 200  # steps between evaluations; 0 = only at the end
+  t.eval_batches = 8  # validation batches per evaluation
+  t.peak_flops_per_device = 0.0  # for MFU; 0 = look up by device kind (unknown kinds report no MFU)
+
+  c.checkpoint = k = ml_collections.ConfigDict()
+  k.every_steps = 200  # steps between checkpoints (also saved at the end)
+  k.keep = 3  # checkpoints kept
+  k.init_from = ''  # a checkpoint dir to take params from when starting fresh
+
+  c.mesh = h = ml_collections.ConfigDict()
+  h.data = -1  # data-parallel axis; -1 = all devices left over by the other axes
+  h.fsdp = 1  # parameter/optimizer sharding axis
+  h.tensor = 1  # tensor-parallel axis (heads, MLP, vocab)
+  h.sequence = 1  # sequence-parallel axis (ring attention)
+  return c
