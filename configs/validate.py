@@ -1,0 +1,67 @@
+"""Config checks that run before anything is built or compiled; each failure is one ConfigError line."""
+
+import ml_collections
+
+from configs.errors import ConfigError
+from models.attention import validate_attention
+from sharding.mesh import mesh_shape
+
+POSITIVE = ('model.num_layers', 'model.d_model', 'model.num_heads', 'model.num_kv_heads', 'model.d_ff',
+            'data.seq_len', 'data.vocab_size', 'train.steps', 'train.batch_size', 'train.log_every',
+            'train.eval_batches', 'checkpoint.every_steps', 'checkpoint.keep')
+CHOICES = {
+    'objective': ('causal', 'prefix_lm', 'masked_lm'),
+    'model.ffn': ('standard', 'blockwise'),
+    'model.dtype': ('float32', 'bfloat16'),
+    'data.tokenizer': ('sentencepiece', 'byte'),
+    'data.spm_model_type': ('bpe', 'unigram', 'char', 'word'),
+}
+
+
+def _get(config: ml_collections.ConfigDict, key: str):
+  node = config
+  for part in key.split('.'):
+    node = node[part]
+  return node
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  from train import objectives  # registry of implemented objectives (may be a subset of CHOICES)
+
+  for key in POSITIVE:
+    if _get(config, key) <= 0:
+      raise ConfigError(key, _get(config, key), 'must be a positive integer')
+  for key, allowed in CHOICES.items():
+    if _get(config, key) not in allowed:
+      raise ConfigError(key, _get(config, key), f'choose one of {", ".join(allowed)}')
+  objectives.get(config.objective)
+  m, d, t = config.model, config.data, config.train
+  head_dim = m.head_dim or m.d_model // m.num_heads
+  if head_dim % 2:
+    raise ConfigError('model.head_dim', head_dim, 'RoPE needs an even head dim; change model.d_model/num_heads')
+  if m.ffn == 'blockwise' and (m.ffn_block <= 0 or d.seq_len % m.ffn_block):
+    raise ConfigError('model.ffn_block', m.ffn_block, f'must be positive and divide data.seq_len={d.seq_len}')
+  if t.eval_every < 0:
+    raise ConfigError('train.eval_every', t.eval_every, 'use 0 (only at the end) or a positive step count')
+  if not 0 <= t.warmup_steps <= t.steps:
+    raise ConfigError('train.warmup_steps', t.warmup_steps, f'must be between 0 and train.steps={t.steps}')
+  sizes = mesh_shape(config.mesh, num_devices)
+  validate_attention(m.attention, d.seq_len, m.q_block, m.kv_block, sizes['sequence'], m.num_heads, m.num_kv_heads)
+  if m.attention != 'ring' and sizes['sequence'] > 1:
+    raise ConfigError('mesh.sequence', sizes['sequence'], 'a sequence axis needs model.attention=ring; set it to 1')
+  for key, heads in (('model.num_heads', m.num_heads), ('model.num_kv_heads', m.num_kv_heads)):
+    if heads % sizes['tensor']:
+      raise ConfigError(key, heads, f'must be divisible by mesh.tensor={sizes["tensor"]}')
+  for key, size in (('model.d_ff', m.d_ff), ('data.vocab_size', d.vocab_size)):
+    if size % sizes['tensor']:
+      raise ConfigError(key, size, f'must be divisible by mesh.tensor={sizes["tensor"]}')
+  if m.d_model % sizes['fsdp']:
+    raise ConfigError('model.d_model', m.d_model, f'must be divisible by mesh.fsdp={sizes["fsdp"]}')
+  shards = sizes['data'] * sizes['fsdp']
+  if t.batch_size % shards:
+    raise ConfigError('train.batch_size', t.batch_size,
+                      f'must be divisible by mesh.data x mesh.fsdp = {shards}')
+  if d.seq_len % sizes['sequence']:
+    raise ConfigError('data.seq_len', d.seq_len, f'must be divisible by mesh.sequence={sizes["sequence"]}')
+  if d.text_dir and d.tfds_name:
+    raise ConfigError('data.tfds_name', d.tfds_name, 'set either data.text_dir or data.tfds_name, not both')

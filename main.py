@@ -1,0 +1,68 @@
+"""ringlm entry point: parse flags, validate the config, start distributed JAX, dispatch --mode.
+
+  python main.py --config=configs/tiny.py --workdir=runs/tiny [--mode=train] [--config.train.steps=100 ...]
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from configs.errors import ConfigError
+
+MODES = ('train', 'eval', 'estimate')
+
+config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config file (a get_config() module).')
+flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics.jsonl, config.json.', required=True)
+flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 for multi-process runs.')
+flags.DEFINE_integer('num_processes', None, 'Number of processes in a multi-process run.')
+flags.DEFINE_integer('process_id', None, 'This process\'s index in a multi-process run.')
+FLAGS = flags.FLAGS
+
+
+def _init_distributed() -> None:
+  """Join a multi-process run when flags (or the cluster's environment, e.g. a TPU pod) describe one."""
+  import jax
+
+  if FLAGS.coordinator_address or FLAGS.num_processes:
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+
+
+def _run(config, workdir: str, mode: str) -> None:
+  import jax
+
+  from configs.validate import validate
+  from train import loop
+
+  _init_distributed()
+  validate(config, jax.device_count())
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+  if mode == 'train':
+    loop.train(config, workdir)
+  elif mode == 'eval':
+    print(json.dumps(loop.eval_only(config, workdir)))
+  elif mode == 'estimate':
+    result = loop.estimate(config, workdir)
+    for k, v in result.items():
+      print(f'{k:28s} {v:,}' if isinstance(v, int) else f'{k:28s} {v}')
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  try:
+    _run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+  except ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,190 @@
+"""The ringlm decoder: token embedding, pre-norm blocks (RMSNorm, RoPE attention with GQA, SwiGLU), final norm, head.
+
+Pure model code: it knows nothing of training or data. Every parameter carries `logical_axes` metadata (one name
+per dimension) that `sharding/` maps onto mesh axes, so the model never mentions a mesh. Params are float32; the
+compute dtype comes from the config. Attention goes through `models.attention.attend`, which takes the same mask
+description for every path (vanilla, blockwise, ring).
+
+Dims: B batch, S sequence, D d_model, H query heads, K kv heads, E head dim, F d_ff, V vocab.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from models import attention as attention_lib
+from models.attention import AttentionMask
+from models.mlp import swiglu_ffn
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The model's part of the config, typed, with head_dim resolved."""
+
+  vocab_size: int
+  num_layers: int
+  d_model: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  d_ff: int
+  attention: str = 'vanilla'
+  ffn: str = 'standard'
+  q_block: int = 128
+  kv_block: int = 128
+  ffn_block: int = 128
+  rope_theta: float = 10_000.0
+  norm_eps: float = 1e-6
+  init_std: float = 0.02
+  tie_embeddings: bool = True
+  dtype: str = 'float32'
+  remat: bool = False
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> 'ModelConfig':
+    m = config.model
+    return cls(
+        vocab_size=config.data.vocab_size,
+        num_layers=m.num_layers,
+        d_model=m.d_model,
+        num_heads=m.num_heads,
+        num_kv_heads=m.num_kv_heads,
+        head_dim=m.head_dim or m.d_model // m.num_heads,
+        d_ff=m.d_ff,
+        attention=m.attention,
+        ffn=m.ffn,
+        q_block=m.q_block,
+        kv_block=m.kv_block,
+        ffn_block=m.ffn_block,
+        rope_theta=m.rope_theta,
+        norm_eps=m.norm_eps,
+        init_std=m.init_std,
+        tie_embeddings=m.tie_embeddings,
+        dtype=m.dtype,
+        remat=m.remat,
+    )
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+
+def _param(rngs: nnx.Rngs, shape: tuple[int, ...], std: float, axes: tuple[str | None, ...]) -> nnx.Param:
+  return nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32), logical_axes=axes)
+
+
+class RMSNorm(nnx.Module):
+  """Root-mean-square norm with a learned scale; statistics in float32 whatever the compute dtype."""
+
+  def __init__(self, dim: int, eps: float):
+    self.scale = nnx.Param(jnp.ones((dim,), jnp.float32), logical_axes=('norm',))
+    self.eps = eps
+
+  def __call__(self, x_BSD: jax.Array) -> jax.Array:
+    x32 = x_BSD.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (x32 * self.scale[...]).astype(x_BSD.dtype)
+
+
+def apply_rope(x_BSNE: jax.Array, positions_BS: jax.Array, theta: float) -> jax.Array:
+  """Rotary embedding on the two halves of the head dim, at per-document positions (packing restarts them)."""
+  half = x_BSNE.shape[-1] // 2
+  inv_freq_F = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angle_BSF = positions_BS.astype(jnp.float32)[..., None] * inv_freq_F
+  sin_BS1F, cos_BS1F = jnp.sin(angle_BSF)[:, :, None, :], jnp.cos(angle_BSF)[:, :, None, :]
+  x1, x2 = jnp.split(x_BSNE.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos_BS1F - x2 * sin_BS1F, x2 * cos_BS1F + x1 * sin_BS1F], axis=-1)
+  return out.astype(x_BSNE.dtype)
+
+
+class Attention(nnx.Module):
+  """Multi-head attention with grouped kv heads (GQA when num_kv_heads < num_heads)."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    D, H, K, E = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    std = cfg.init_std
+    self.wq_DHE = _param(rngs, (D, H, E), std, ('embed', 'heads', 'head_dim'))
+    self.wk_DKE = _param(rngs, (D, K, E), std, ('embed', 'kv_heads', 'head_dim'))
+    self.wv_DKE = _param(rngs, (D, K, E), std, ('embed', 'kv_heads', 'head_dim'))
+    self.wo_HED = _param(rngs, (H, E, D), std, ('heads', 'head_dim', 'embed'))
+    self.cfg = cfg
+
+  def __call__(self, x_BSD: jax.Array, mask: AttentionMask) -> jax.Array:
+    cfg, dt = self.cfg, x_BSD.dtype
+    q_BSHE = jnp.einsum('bsd,dhe->bshe', x_BSD, self.wq_DHE[...].astype(dt))
+    k_BSKE = jnp.einsum('bsd,dke->bske', x_BSD, self.wk_DKE[...].astype(dt))
+    v_BSKE = jnp.einsum('bsd,dke->bske', x_BSD, self.wv_DKE[...].astype(dt))
+    q_BSHE = apply_rope(q_BSHE, mask.positions, cfg.rope_theta)
+    k_BSKE = apply_rope(k_BSKE, mask.positions, cfg.rope_theta)
+    out_BSHE = attention_lib.attend(
+        q_BSHE, k_BSKE, v_BSKE, mask, kind=cfg.attention, q_block=cfg.q_block, kv_block=cfg.kv_block)
+    return jnp.einsum('bshe,hed->bsd', out_BSHE, self.wo_HED[...].astype(dt))
+
+
+class MLP(nnx.Module):
+  """SwiGLU feed-forward; `ffn='blockwise'` applies it per sequence chunk (BPT) so [B, S, F] never exists whole."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    D, F, std = cfg.d_model, cfg.d_ff, cfg.init_std
+    self.w_gate_DF = _param(rngs, (D, F), std, ('embed', 'mlp'))
+    self.w_up_DF = _param(rngs, (D, F), std, ('embed', 'mlp'))
+    self.w_down_FD = _param(rngs, (F, D), std, ('mlp', 'embed'))
+    self.cfg = cfg
+
+  def __call__(self, x_BSD: jax.Array) -> jax.Array:
+    dt = x_BSD.dtype
+    weights = (self.w_gate_DF[...].astype(dt), self.w_up_DF[...].astype(dt), self.w_down_FD[...].astype(dt))
+    block = self.cfg.ffn_block if self.cfg.ffn == 'blockwise' else None
+    return swiglu_ffn(x_BSD, *weights, block=block)
+
+
+class Block(nnx.Module):
+  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+    self.attn = Attention(cfg, rngs)
+    self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+    self.mlp = MLP(cfg, rngs)
+
+  def __call__(self, x_BSD: jax.Array, mask: AttentionMask) -> jax.Array:
+    x_BSD = x_BSD + self.attn(self.attn_norm(x_BSD), mask)
+    return x_BSD + self.mlp(self.mlp_norm(x_BSD))
+
+
+class Transformer(nnx.Module):
+  """Decoder-only LM. `hidden` gives final-norm activations; `logits` projects them onto the vocabulary.
+
+  They are separate so the trainer can compute a blockwise loss without ever holding [B, S, V] logits.
+  """
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.embed_VD = _param(rngs, (cfg.vocab_size, cfg.d_model), cfg.init_std, ('vocab', 'embed'))
+    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+    if not cfg.tie_embeddings:
+      self.head_DV = _param(rngs, (cfg.d_model, cfg.vocab_size), cfg.init_std, ('embed', 'vocab'))
+    self.cfg = cfg
+
+  def hidden(self, tokens_BS: jax.Array, mask: AttentionMask) -> jax.Array:
+    x_BSD = jnp.take(self.embed_VD[...], tokens_BS, axis=0).astype(self.cfg.compute_dtype)
+    for block in self.blocks:
+      if self.cfg.remat:
+        x_BSD = nnx.remat(lambda b, x, m: b(x, m))(block, x_BSD, mask)
+      else:
+        x_BSD = block(x_BSD, mask)
+    return self.final_norm(x_BSD)
+
+  def head_weights_DV(self) -> jax.Array:
+    """The LM head as [D, V] (the transposed embedding when tied)."""
+    w = self.embed_VD[...].T if self.cfg.tie_embeddings else self.head_DV[...]
+    return w.astype(self.cfg.compute_dtype)
+
+  def logits(self, h_BSD: jax.Array) -> jax.Array:
+    return jnp.einsum('bsd,dv->bsv', h_BSD, self.head_weights_DV()).astype(jnp.float32)
+
+  def __call__(self, tokens_BS: jax.Array, mask: AttentionMask) -> jax.Array:
+    return self.logits(self.hidden(tokens_BS, mask))

@@ -1,0 +1,46 @@
+"""The device mesh: four named axes (data, fsdp, tensor, sequence) sized from `config.mesh`.
+
+Axis order puts `data` outermost and `sequence`/`tensor` innermost, so with the devices listed host by host the
+axes that communicate most (tensor, sequence) stay within a host.
+"""
+
+from collections.abc import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import AxisType, Mesh
+
+from configs.errors import ConfigError
+
+AXES = ('data', 'fsdp', 'tensor', 'sequence')
+
+
+def mesh_shape(mesh_cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
+  """Resolve the one allowed -1 to the devices left over, and check the product is the device count."""
+  sizes = {a: int(mesh_cfg[a]) for a in AXES}
+  for a, n in sizes.items():
+    if n == 0 or n < -1:
+      raise ConfigError(f'mesh.{a}', n, 'use a positive size, or -1 for all remaining devices')
+  free = [a for a, n in sizes.items() if n == -1]
+  if len(free) > 1:
+    raise ConfigError(f'mesh.{free[1]}', -1, f'only one axis may be -1 (mesh.{free[0]} already is)')
+  fixed = int(np.prod([n for n in sizes.values() if n != -1]))
+  if free:
+    if num_devices % fixed:
+      raise ConfigError(f'mesh.{free[0]}', -1,
+                        f'the other axes multiply to {fixed}, which does not divide the {num_devices} devices')
+    sizes[free[0]] = num_devices // fixed
+  elif fixed != num_devices:
+    biggest = max(AXES, key=lambda a: sizes[a])
+    raise ConfigError(f'mesh.{biggest}', sizes[biggest],
+                      f'the mesh has {fixed} devices but {num_devices} are available; make the axes multiply to '
+                      f'{num_devices} (e.g. set one axis to -1)')
+  return sizes
+
+
+def build_mesh(mesh_cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = mesh_shape(mesh_cfg, len(devices))
+  return jax.make_mesh(tuple(sizes[a] for a in AXES), AXES, axis_types=(AxisType.Auto,) * len(AXES),
+                       devices=devices)

@@ -1,0 +1,86 @@
+"""orbax checkpoints of the full training state plus a JSON record of what shaped it.
+
+Each step directory holds `state` (params, optimizer state, step, RNG) and `meta` (objective, model and data shape,
+data position). The data pipeline is step-indexed, so the data position is the step itself: no iterator is pickled.
+orbax writes each checkpoint to a temporary directory and renames it when complete, so an interrupted save never
+becomes the latest. Restoring takes the target shardings of the current mesh, so a checkpoint saved on one mesh
+restores onto another.
+"""
+
+import json
+import os
+
+import ml_collections
+import orbax.checkpoint as ocp
+
+from configs.errors import ConfigError
+from train.state import State, StateSetup
+
+
+# Model keys that change parameter shapes; attention path, dtype, remat and block sizes may change across a resume.
+SHAPE_KEYS = ('num_layers', 'd_model', 'num_heads', 'num_kv_heads', 'head_dim', 'd_ff', 'tie_embeddings')
+
+
+def meta_for(config: ml_collections.ConfigDict) -> dict:
+  """What a checkpoint must agree with to be resumed: the objective and everything that shapes the state."""
+  model = {k: config.model[k] for k in SHAPE_KEYS}
+  return {'objective': config.objective, 'model': model, 'vocab_size': config.data.vocab_size,
+          'tokenizer': config.data.tokenizer, 'seq_len': config.data.seq_len}
+
+
+class Checkpointer:
+  """Save every `checkpoint.every_steps` (async), keep `checkpoint.keep`, restore the latest onto this mesh."""
+
+  def __init__(self, directory: str, config: ml_collections.ConfigDict):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint.keep, create=True,
+                                           enable_async_checkpointing=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self.meta = meta_for(config)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: State, force: bool = False) -> None:
+    meta = dict(self.meta, data_position=step)
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                      force=force)
+
+  def restore(self, setup: StateSetup, step: int | None = None) -> State:
+    step = self.latest_step() if step is None else step
+    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    self._check_meta(meta, step)
+    restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(setup.abstract)))
+    return restored['state']
+
+  def _check_meta(self, meta: dict, step: int) -> None:
+    for key in ('objective', 'vocab_size', 'tokenizer', 'seq_len'):
+      if meta.get(key) != self.meta[key]:
+        cfg_key = key if key == 'objective' else f'data.{key}'
+        raise ConfigError(cfg_key, self.meta[key],
+                          f'the checkpoint at step {step} in {self.directory} was written with {meta.get(key)!r}; '
+                          'use that value or a new --workdir')
+    for key, value in self.meta['model'].items():
+      if meta['model'].get(key) != value:
+        raise ConfigError(f'model.{key}', value,
+                          f'the checkpoint at step {step} in {self.directory} has {meta["model"].get(key)!r}; '
+                          'use that value or a new --workdir')
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def load_params(path: str, setup: StateSetup) -> dict:
+  """Params only, from another run's checkpoint dir (its latest step) — for `checkpoint.init_from`."""
+  manager = ocp.CheckpointManager(os.path.abspath(path), options=ocp.CheckpointManagerOptions(read_only=True))
+  step = manager.latest_step()
+  if step is None:
+    raise ConfigError('checkpoint.init_from', path, 'no checkpoint there; point it at a run\'s checkpoints/ dir')
+  target = dict(setup.abstract)
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+  manager.close()
+  return restored['state']['params']

@@ -1,0 +1,189 @@
+"""The jobs `main.py` runs on one mesh: train (resuming), eval, estimate.
+
+A `Run` wires data, tokenizer, mesh, state and steps together once; each job is a short function over it.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from configs.errors import ConfigError
+from data import pipeline
+from sharding import rules
+from sharding.mesh import build_mesh
+from train import checkpoint as checkpoint_lib
+from train import flops as flops_lib
+from train import optimizer as optimizer_lib
+from train import params as params_lib
+from train import state as state_lib
+from train import step as step_lib
+from train.metrics import MetricsWriter, Progress, peak_flops_per_device
+from train.objectives import ObjectiveSpec
+
+
+@dataclasses.dataclass
+class Run:
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: Mesh
+  train_data: pipeline.Dataset
+  eval_data: pipeline.Dataset
+  spec: ObjectiveSpec
+  setup: state_lib.StateSetup
+  is_main: bool
+
+  @property
+  def token_bytes(self) -> np.ndarray:
+    return self.train_data.tokenizer.token_bytes
+
+  def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """This process's rows -> global arrays sharded batch over (data, fsdp), length over sequence."""
+    sharding = rules.batch_sharding(self.mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def make_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  mesh = build_mesh(config.mesh)
+  pid, nproc = jax.process_index(), jax.process_count()
+  train_data = pipeline.make_dataset(config, config.data.train_split, pid, nproc)
+  eval_data = pipeline.make_dataset(config, config.data.eval_split, pid, nproc)
+  tok = train_data.tokenizer
+  if tok.vocab_size != config.data.vocab_size:
+    raise ConfigError('data.vocab_size', config.data.vocab_size,
+                      f'the {config.data.tokenizer} tokenizer has {tok.vocab_size} ids; set data.vocab_size to it')
+  spec = ObjectiveSpec(vocab_size=tok.vocab_size, pad_id=tok.pad_id, mask_id=tok.mask_id,
+                       num_special=tok.num_special)
+  return Run(config=config, workdir=workdir, mesh=mesh, train_data=train_data, eval_data=eval_data, spec=spec,
+             setup=state_lib.build(config, mesh), is_main=pid == 0)
+
+
+def evaluate(run: Run, params, eval_step) -> dict[str, float]:
+  """Loss, perplexity, accuracy, bits/byte over the first `train.eval_batches` validation batches (fixed set)."""
+  cfg = run.config
+  total: dict[str, float] = {}
+  for i in range(cfg.train.eval_batches):
+    batch = run.global_batch(run.eval_data.batch(i, cfg.train.batch_size))
+    rng = jax.random.fold_in(jax.random.PRNGKey(cfg.seed + 1), i)
+    sums = jax.device_get(eval_step(params, batch, rng))
+    total = {k: total.get(k, 0.0) + float(v) for k, v in sums.items()}
+  return step_lib.summarize(total, 'eval')
+
+
+def flops_per_token(run: Run) -> float:
+  cfg = run.config
+  return flops_lib.flops_per_token(run.setup.model_cfg, cfg.data.seq_len, cfg.data.vocab_size,
+                                   causal_skip=cfg.model.attention != 'vanilla')
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Train to `train.steps`, resuming from the latest checkpoint in workdir/checkpoints. Returns the last eval."""
+  run = make_run(config, workdir)
+  cfg, t = config, config.train
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), cfg)
+  with jax.set_mesh(run.mesh):
+    if ckpt.latest_step() is not None:
+      state = ckpt.restore(run.setup)
+    else:
+      state = run.setup.init()
+      if cfg.checkpoint.init_from:
+        state['params'] = checkpoint_lib.load_params(cfg.checkpoint.init_from, run.setup)
+    start = int(jax.device_get(state['step']))
+    schedule = optimizer_lib.learning_rate_schedule(t)
+    train_step = step_lib.make_train_step(run.setup, run.mesh, cfg.objective, run.spec, run.token_bytes, schedule)
+    eval_step = step_lib.make_eval_step(run.setup, run.mesh, cfg.objective, run.spec, run.token_bytes)
+    writer = MetricsWriter(workdir, run.is_main)
+    progress = Progress(t.steps, start, run.is_main)
+    if run.is_main:
+      print(f'{"resuming at" if start else "starting"} step {start}/{t.steps}: '
+            f'{params_lib.count(state["params"]):,} params, mesh {dict(run.mesh.shape)}', flush=True)
+    tokens_per_step = t.batch_size * cfg.data.seq_len
+    peak = peak_flops_per_device(t.peak_flops_per_device)
+    fpt = flops_per_token(run)
+    last_eval: dict[str, float] = {}
+    tick, tick_step = time.time(), start
+    for step in range(start, t.steps):
+      state, metrics = train_step(state, run.global_batch(run.train_data.batch(step, t.batch_size)))
+      done = step + 1
+      is_last = done == t.steps
+      if done % t.log_every == 0 or is_last or done % cfg.checkpoint.every_steps == 0:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not (math.isfinite(metrics['train/loss']) and math.isfinite(metrics['train/grad_norm'])):
+          raise FloatingPointError(f'non-finite loss or gradient at step {done}; the last checkpoint '
+                                   f'(step {ckpt.latest_step()}) is intact: lower train.learning_rate and resume')
+        now = time.time()
+        tps = tokens_per_step * (done - tick_step) / max(now - tick, 1e-9)
+        tick, tick_step = now, done
+        metrics['perf/tokens_per_sec'] = tps
+        if peak:
+          metrics['perf/mfu'] = tps * fpt / (peak * jax.device_count())
+        writer.write(done, metrics)
+        progress.line(done, metrics['train/loss'], tps)
+      if (t.eval_every and done % t.eval_every == 0) or is_last:
+        last_eval = evaluate(run, state['params'], eval_step)
+        writer.write(done, last_eval)
+        if run.is_main:
+          print('  ' + '  '.join(f'{k} {v:.4f}' for k, v in last_eval.items()), flush=True)
+        tick = time.time()
+      if done % cfg.checkpoint.every_steps == 0 or is_last:
+        ckpt.save(done, state, force=True)
+    ckpt.close()
+    writer.close()
+  return last_eval
+
+
+def eval_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Evaluate the latest checkpoint in workdir; writes the metrics at its step."""
+  run = make_run(config, workdir)
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config)
+  step = ckpt.latest_step()
+  if step is None:
+    raise ConfigError('--workdir', workdir, 'no checkpoint to evaluate there; train first (--mode=train)')
+  with jax.set_mesh(run.mesh):
+    state = ckpt.restore(run.setup, step)
+    eval_step = step_lib.make_eval_step(run.setup, run.mesh, config.objective, run.spec, run.token_bytes)
+    result = evaluate(run, state['params'], eval_step)
+  ckpt.close()
+  writer = MetricsWriter(workdir, run.is_main)
+  writer.write(step, result)
+  writer.close()
+  return result
+
+
+def estimate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Params, FLOPs per token and the compiled train step's per-device memory, without data or training."""
+  mesh = build_mesh(config.mesh)
+  setup = state_lib.build(config, mesh)
+  vocab = config.data.vocab_size
+  spec = ObjectiveSpec(vocab_size=vocab, pad_id=0, mask_id=3, num_special=8)
+  with jax.set_mesh(mesh):
+    schedule = optimizer_lib.learning_rate_schedule(config.train)
+    step = step_lib.make_train_step(setup, mesh, config.objective, spec, np.ones(vocab, np.int32), schedule)
+    shape = (config.train.batch_size, config.data.seq_len)
+    batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=rules.batch_sharding(mesh))
+             for k in ('tokens', 'segment_ids', 'positions')}
+    memory = step.lower(setup.abstract, batch).compile().memory_analysis()
+  counts = flops_lib.count_params(setup.model_cfg, vocab)
+  result = {
+      'params': counts['total'],
+      'params_non_embedding': counts['non_embedding'],
+      'flops_per_token': flops_lib.flops_per_token(setup.model_cfg, config.data.seq_len, vocab,
+                                                   causal_skip=config.model.attention != 'vanilla'),
+      'memory_per_device_bytes': int(memory.argument_size_in_bytes + memory.temp_size_in_bytes),
+      'memory_arguments_bytes': int(memory.argument_size_in_bytes),
+      'memory_temp_bytes': int(memory.temp_size_in_bytes),
+      'devices': jax.device_count(),
+      'mesh': dict(mesh.shape),
+  }
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'estimate.json'), 'w') as f:
+      json.dump(result, f, indent=2)
+  return result

@@ -1,0 +1,72 @@
+"""Metrics out: `metrics.jsonl` (one flat JSON object per line), TensorBoard scalars, and a live progress line.
+
+Only process 0 writes; the other processes get a writer that does nothing.
+"""
+
+import json
+import os
+import sys
+import time
+
+import jax
+
+# Dense bf16 peak FLOP/s per chip, by `device_kind` prefix (vendor datasheets), for MFU.
+PEAK_FLOPS = {
+    'NVIDIA H100': 989e12, 'NVIDIA H200': 989e12, 'NVIDIA A100': 312e12,
+    'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v5p': 459e12, 'TPU v5': 459e12,
+    'TPU v6 lite': 918e12, 'TPU v6e': 918e12,
+}
+
+
+def peak_flops_per_device(configured: float) -> float | None:
+  """The configured peak, else the table's entry for this device kind, else None (no MFU reported)."""
+  if configured > 0:
+    return configured
+  kind = jax.devices()[0].device_kind
+  return next((v for k, v in PEAK_FLOPS.items() if kind.startswith(k)), None)
+
+
+class MetricsWriter:
+  def __init__(self, workdir: str, enabled: bool):
+    self.enabled = enabled
+    self._tb = None
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      import tensorflow as tf  # only for TensorBoard event files; imported when a writer is made
+
+      self._tf = tf
+      self._tb = tf.summary.create_file_writer(workdir)
+
+  def write(self, step: int, metrics: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    row = {'step': int(step), **{k: float(v) for k, v in metrics.items()}}
+    self._jsonl.write(json.dumps(row) + '\n')
+    self._jsonl.flush()
+    with self._tb.as_default(step=int(step)):
+      for k, v in row.items():
+        if k != 'step':
+          self._tf.summary.scalar(k, v)
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+class Progress:
+  """One line per log interval: step/total, loss, tokens/s, ETA."""
+
+  def __init__(self, total_steps: int, start_step: int, enabled: bool):
+    self.total, self.enabled = total_steps, enabled
+    self._t0, self._s0 = time.time(), start_step
+
+  def line(self, step: int, loss: float, tokens_per_sec: float, extra: str = '') -> None:
+    if not self.enabled:
+      return
+    done = step - self._s0
+    eta = (time.time() - self._t0) / max(done, 1) * (self.total - step)
+    print(f'step {step}/{self.total}  loss {loss:.4f}  {tokens_per_sec:,.0f} tok/s  ETA {eta / 60:.1f} min{extra}',
+          file=sys.stdout, flush=True)

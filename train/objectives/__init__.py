@@ -1,0 +1,26 @@
+"""Pretraining objectives: each turns a packed batch into model inputs, a mask description, targets and weights.
+
+An objective is a function `(batch, rng, spec) -> ModelBatch` run inside the jitted step (so its noise comes from
+a step-derived key and resumes exactly). Adding one is one module plus a line in OBJECTIVES.
+"""
+
+from collections.abc import Callable
+
+import jax
+
+from configs.errors import ConfigError
+from train.objectives import causal
+from train.objectives.base import ModelBatch, ObjectiveSpec
+
+
+Objective = Callable[[dict[str, jax.Array], jax.Array, ObjectiveSpec], ModelBatch]
+
+OBJECTIVES: dict[str, Objective] = {
+    'causal': causal.make_batch,
+}
+
+
+def get(name: str) -> Objective:
+  if name not in OBJECTIVES:
+    raise ConfigError('objective', name, f'choose one of {sorted(OBJECTIVES)}')
+  return OBJECTIVES[name]

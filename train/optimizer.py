@@ -1,0 +1,31 @@
+"""AdamW with linear warmup + cosine decay, global-norm clipping, and weight decay masked by parameter kind."""
+
+import jax
+import ml_collections
+import optax
+
+
+def learning_rate_schedule(t: ml_collections.ConfigDict) -> optax.Schedule:
+  decay_steps = max(t.steps, t.warmup_steps + 1)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=t.learning_rate, warmup_steps=t.warmup_steps, decay_steps=decay_steps,
+      end_value=t.learning_rate * t.end_lr_fraction)
+
+
+def decay_mask(logical_axes_tree, decay_embeddings_and_norms: bool):
+  """True where weight decay applies: matrices, not norm scales or the token embedding (unless asked)."""
+  def decays(axes: tuple) -> bool:
+    is_norm = axes == ('norm',)
+    is_embedding = axes == ('vocab', 'embed')
+    return decay_embeddings_and_norms or not (is_norm or is_embedding)
+
+  return jax.tree.map(decays, logical_axes_tree, is_leaf=lambda x: isinstance(x, tuple))
+
+
+def make_optimizer(t: ml_collections.ConfigDict, logical_axes_tree) -> optax.GradientTransformation:
+  adamw = optax.adamw(
+      learning_rate=learning_rate_schedule(t), b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,
+      mask=decay_mask(logical_axes_tree, t.decay_embeddings_and_norms))
+  if t.grad_clip > 0:
+    return optax.chain(optax.clip_by_global_norm(t.grad_clip), adamw)
+  return adamw
