@@ -24,18 +24,18 @@ def _abstract(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
 def logical_axes(cfg: ModelConfig) -> Params:
   """The same tree as the params, each leaf the tuple of logical axis names of that parameter."""
   _, state = _abstract(cfg)
-  axes = nnx.State.from_flat_path(
-      [(path, var.get_metadata()['logical_axes']) for path, var in state.flat_state()])
-  return axes.to_pure_dict()
+  axes = jax.tree.map(lambda var: var.get_metadata()['logical_axes'], state,
+                      is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return nnx.to_pure_dict(axes)
 
 
 def init(cfg: ModelConfig, seed: int) -> Params:
-  return nnx.split(Transformer(cfg, nnx.Rngs(seed)), nnx.Param)[1].to_pure_dict()
+  return nnx.to_pure_dict(nnx.split(Transformer(cfg, nnx.Rngs(seed)), nnx.Param)[1])
 
 
 def shapes(cfg: ModelConfig) -> Params:
   _, state = _abstract(cfg)
-  return state.to_pure_dict()
+  return nnx.to_pure_dict(state)
 
 
 def apply(cfg: ModelConfig, params: Params) -> Transformer:

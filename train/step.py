@@ -46,7 +46,7 @@ def make_train_step(setup: StateSetup, mesh: Mesh, objective: str, spec: Objecti
     new_state = {'params': optax.apply_updates(state['params'], updates), 'opt_state': opt_state,
                  'step': state['step'] + 1, 'rng': state['rng']}
     metrics = {'train/loss': loss, 'train/accuracy': sums['correct'] / jnp.maximum(sums['weight'], 1.0),
-               'train/tokens_scored': sums['weight'], 'train/grad_norm': optax.global_norm(grads),
+               'train/tokens_scored': sums['weight'], 'train/grad_norm': optax.tree.norm(grads),
                'train/lr': schedule(state['step'])}
     return new_state, metrics
 

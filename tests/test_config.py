@@ -1,0 +1,67 @@
+"""Config validation: every bad value is one ConfigError naming the key, raised before anything is built."""
+
+import pytest
+
+from configs import default, tiny
+from configs.errors import ConfigError
+from configs.validate import validate
+from sharding.mesh import mesh_shape
+
+
+def cfg(**overrides):
+  c = tiny.get_config()
+  for key, value in overrides.items():
+    node = c
+    *path, last = key.split('.')
+    for part in path:
+      node = node[part]
+    node[last] = value
+  return c
+
+
+def test_presets_are_valid():
+  validate(default.get_config(), 8)
+  validate(tiny.get_config(), 8)
+  validate(tiny.get_config(), 1)
+
+
+@pytest.mark.parametrize('key, value, devices', [
+    ('objective', 'diffusion', 8),
+    ('model.num_layers', 0, 8),
+    ('model.d_model', -4, 8),
+    ('model.num_kv_heads', 3, 8),
+    ('model.attention', 'sparse', 8),
+    ('model.ffn', 'moe', 8),
+    ('data.tokenizer', 'wordpiece', 8),
+    ('train.batch_size', 12, 8),
+    ('mesh.tensor', 3, 8),
+    ('mesh.fsdp', 16, 8),
+    ('train.warmup_steps', 10_000, 8),
+])
+def test_bad_values_name_their_key(key, value, devices):
+  with pytest.raises(ConfigError) as err:
+    validate(cfg(**{key: value}), devices)
+  assert err.value.key.startswith(key.split('.')[0])
+  assert '\n' not in str(err.value)
+
+
+def test_mesh_errors_say_how_many_devices_there_are():
+  c = default.get_config().mesh
+  c.data, c.tensor = 2, 2
+  with pytest.raises(ConfigError, match='8 are available'):
+    mesh_shape(c, 8)
+  c.data = -1
+  assert mesh_shape(c, 8) == {'data': 4, 'fsdp': 1, 'tensor': 2, 'sequence': 1}
+  c.fsdp = -1
+  with pytest.raises(ConfigError, match='only one axis may be -1'):
+    mesh_shape(c, 8)
+
+
+def test_heads_must_divide_over_tensor():
+  with pytest.raises(ConfigError, match='mesh.tensor=4'):
+    validate(cfg(**{'mesh.tensor': 4, 'mesh.data': 2}), 8)
+
+
+def test_both_data_sources_is_an_error():
+  with pytest.raises(ConfigError, match='data.tfds_name'):
+    validate(cfg(**{'data.text_dir': '/tmp', 'data.tfds_name': 'c4'}), 1)
