@@ -18,6 +18,7 @@ from flax import nnx
 from models import attention as attention_lib
 from models.attention import AttentionMask
 from models.mlp import swiglu_ffn
+from sharding.rules import constrain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,8 +118,9 @@ class Attention(nnx.Module):
     q_BSHE = jnp.einsum('bsd,dhe->bshe', x_BSD, self.wq_DHE[...].astype(dt))
     k_BSKE = jnp.einsum('bsd,dke->bske', x_BSD, self.wk_DKE[...].astype(dt))
     v_BSKE = jnp.einsum('bsd,dke->bske', x_BSD, self.wv_DKE[...].astype(dt))
-    q_BSHE = apply_rope(q_BSHE, mask.positions, cfg.rope_theta)
-    k_BSKE = apply_rope(k_BSKE, mask.positions, cfg.rope_theta)
+    q_BSHE = constrain(apply_rope(q_BSHE, mask.positions, cfg.rope_theta), ('batch', 'length', 'heads', None))
+    k_BSKE = constrain(apply_rope(k_BSKE, mask.positions, cfg.rope_theta), ('batch', 'length', 'kv_heads', None))
+    v_BSKE = constrain(v_BSKE, ('batch', 'length', 'kv_heads', None))
     out_BSHE = attention_lib.attend(
         q_BSHE, k_BSKE, v_BSKE, mask, kind=cfg.attention, q_block=cfg.q_block, kv_block=cfg.kv_block)
     return jnp.einsum('bshe,hed->bsd', out_BSHE, self.wo_HED[...].astype(dt))
@@ -152,7 +154,7 @@ class Block(nnx.Module):
 
   def __call__(self, x_BSD: jax.Array, mask: AttentionMask) -> jax.Array:
     x_BSD = x_BSD + self.attn(self.attn_norm(x_BSD), mask)
-    return x_BSD + self.mlp(self.mlp_norm(x_BSD))
+    return constrain(x_BSD + self.mlp(self.mlp_norm(x_BSD)), ('batch', 'length', None))
 
 
 class Transformer(nnx.Module):
@@ -171,6 +173,7 @@ class Transformer(nnx.Module):
 
   def hidden(self, tokens_BS: jax.Array, mask: AttentionMask) -> jax.Array:
     x_BSD = jnp.take(self.embed_VD[...], tokens_BS, axis=0).astype(self.cfg.compute_dtype)
+    x_BSD = constrain(x_BSD, ('batch', 'length', None))
     for block in self.blocks:
       if self.cfg.remat:
         x_BSD = nnx.remat(lambda b, x, m: b(x, m))(block, x_BSD, mask)

@@ -51,3 +51,14 @@ def tree_shardings(mesh: Mesh, logical_tree, rules: LogicalRules = DEFAULT_RULES
   """A tree of logical-axis tuples -> the same tree of NamedShardings."""
   return jax.tree.map(lambda axes: named(mesh, axes, rules), logical_tree,
                       is_leaf=lambda x: isinstance(x, tuple))
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None], rules: LogicalRules = DEFAULT_RULES) -> jax.Array:
+  """Pin an activation's layout by logical names when a ringlm mesh is set (jax.set_mesh); else a no-op.
+
+  This is how model code annotates activations without knowing the mesh: the same model runs unsharded in tests.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or 'sequence' not in mesh.axis_names:
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, rules))

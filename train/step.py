@@ -9,6 +9,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from models.ring_attention import zigzag_permutation
 from sharding import rules
 from train import loss as loss_lib
 from train import objectives
@@ -28,10 +29,28 @@ def _loss_sums(setup: StateSetup, params, mb: ModelBatch, token_bytes_V: jax.Arr
   return loss_lib.loss_sums(h_BSD, model.head_weights_DV(), mb.targets, mb.weights, token_bytes_V, block)
 
 
+def ring_layout(mb: ModelBatch, mesh: Mesh) -> ModelBatch:
+  """Zig-zag the sequence for ring attention so each device holds one early and one late chunk (causal balance).
+
+  Applied after the objective (targets are already aligned), to every [B, S] array alike; attention masks by
+  positions and the loss is a sum over tokens, so the numbers do not depend on the order.
+  """
+  n = mesh.shape['sequence']
+  order = jnp.asarray(zigzag_permutation(mb.inputs.shape[1], n))
+  return jax.tree.map(lambda x: jnp.take(x, order, axis=1), mb)
+
+
+def _objective(name: str, mesh: Mesh, attention: str) -> Callable:
+  make_batch = objectives.get(name)
+  if attention != 'ring':
+    return make_batch
+  return lambda batch, rng, spec: ring_layout(make_batch(batch, rng, spec), mesh)
+
+
 def make_train_step(setup: StateSetup, mesh: Mesh, objective: str, spec: ObjectiveSpec,
                     token_bytes: np.ndarray, schedule: optax.Schedule) -> Callable:
   """state, batch -> state, metrics. The objective's randomness is keyed by (seed, step), so resume is exact."""
-  make_batch = objectives.get(objective)
+  make_batch = _objective(objective, mesh, setup.model_cfg.attention)
   token_bytes_V = jnp.asarray(token_bytes, jnp.int32)
 
   def step(state, batch: Batch):
@@ -58,7 +77,7 @@ def make_train_step(setup: StateSetup, mesh: Mesh, objective: str, spec: Objecti
 def make_eval_step(setup: StateSetup, mesh: Mesh, objective: str, spec: ObjectiveSpec,
                    token_bytes: np.ndarray) -> Callable:
   """params, batch, rng -> loss sums (add them over batches, then `summarize`)."""
-  make_batch = objectives.get(objective)
+  make_batch = _objective(objective, mesh, setup.model_cfg.attention)
   token_bytes_V = jnp.asarray(token_bytes, jnp.int32)
 
   def step(params, batch: Batch, rng: jax.Array):
