@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from configs.errors import ConfigError
@@ -17,6 +17,7 @@ MODES = ('train', 'eval', 'estimate')
 config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config file (a get_config() module).')
 flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics.jsonl, config.json.', required=True)
 flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
+flags.DEFINE_bool('distributed', False, 'Join a multi-process run described by the environment (TPU pod, SLURM).')
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 for multi-process runs.')
 flags.DEFINE_integer('num_processes', None, 'Number of processes in a multi-process run.')
 flags.DEFINE_integer('process_id', None, 'This process\'s index in a multi-process run.')
@@ -24,12 +25,14 @@ FLAGS = flags.FLAGS
 
 
 def _init_distributed() -> None:
-  """Join a multi-process run when flags (or the cluster's environment, e.g. a TPU pod) describe one."""
+  """Join a multi-process run described by flags (local CPU processes) or by the cluster (--distributed)."""
   import jax
 
   if FLAGS.coordinator_address or FLAGS.num_processes:
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # only affects CPU devices
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  elif FLAGS.distributed:
+    jax.distributed.initialize()
 
 
 def _run(config, workdir: str, mode: str) -> None:
@@ -57,6 +60,7 @@ def _run(config, workdir: str, mode: str) -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)
   try:
     _run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except ConfigError as e:

@@ -25,6 +25,22 @@ def _get(config: ml_collections.ConfigDict, key: str):
   return node
 
 
+def _validate_objectives(o: ml_collections.ConfigDict) -> None:
+  """The `objectives.*` keys, checked whatever the objective so a preset never carries a broken setting."""
+  if not 0 < o.mask_rate < 1:
+    raise ConfigError('objectives.mask_rate', o.mask_rate, 'use a fraction strictly between 0 and 1, e.g. 0.15')
+  for key in ('prefix_min_frac', 'prefix_max_frac'):
+    if not 0 <= o[key] <= 1:
+      raise ConfigError(f'objectives.{key}', o[key], 'use a fraction of the document length in [0, 1]')
+  if o.prefix_min_frac > o.prefix_max_frac:
+    raise ConfigError('objectives.prefix_min_frac', o.prefix_min_frac,
+                      f'inverted range: must be <= objectives.prefix_max_frac={o.prefix_max_frac}')
+  if o.prefix_max_frac == 0:
+    raise ConfigError('objectives.prefix_max_frac', 0, 'empty range: every prefix would be empty; use > 0, e.g. 1.0')
+  if o.prefix_min_frac == 1:
+    raise ConfigError('objectives.prefix_min_frac', 1, 'empty range: every suffix would be empty; use < 1, e.g. 0.0')
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   from train import objectives  # registry of implemented objectives (may be a subset of CHOICES)
 
@@ -35,6 +51,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if _get(config, key) not in allowed:
       raise ConfigError(key, _get(config, key), f'choose one of {", ".join(allowed)}')
   objectives.get(config.objective)
+  _validate_objectives(config.objectives)
   m, d, t = config.model, config.data, config.train
   head_dim = m.head_dim or m.d_model // m.num_heads
   if head_dim % 2:
@@ -43,8 +60,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError('model.ffn_block', m.ffn_block, f'must be positive and divide data.seq_len={d.seq_len}')
   if t.eval_every < 0:
     raise ConfigError('train.eval_every', t.eval_every, 'use 0 (only at the end) or a positive step count')
-  if not 0 <= t.warmup_steps <= t.steps:
-    raise ConfigError('train.warmup_steps', t.warmup_steps, f'must be between 0 and train.steps={t.steps}')
+  if t.warmup_steps < 0:
+    raise ConfigError('train.warmup_steps', t.warmup_steps, 'use 0 (no warmup) or a positive step count')
   sizes = mesh_shape(config.mesh, num_devices)
   validate_attention(m.attention, d.seq_len, m.q_block, m.kv_block, sizes['sequence'], m.num_heads, m.num_kv_heads)
   if m.attention != 'ring' and sizes['sequence'] > 1:

@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 
 from configs.errors import ConfigError
 from data import pipeline
+from data import tokenizers
 from sharding import rules
 from sharding.mesh import build_mesh
 from train import checkpoint as checkpoint_lib
@@ -60,7 +61,7 @@ def make_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
     raise ConfigError('data.vocab_size', config.data.vocab_size,
                       f'the {config.data.tokenizer} tokenizer has {tok.vocab_size} ids; set data.vocab_size to it')
   spec = ObjectiveSpec(vocab_size=tok.vocab_size, pad_id=tok.pad_id, mask_id=tok.mask_id,
-                       num_special=tok.num_special)
+                       num_special=tokenizers.NUM_SPECIAL)
   return Run(config=config, workdir=workdir, mesh=mesh, train_data=train_data, eval_data=eval_data, spec=spec,
              setup=state_lib.build(config, mesh), is_main=pid == 0)
 
@@ -162,7 +163,8 @@ def estimate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
   mesh = build_mesh(config.mesh)
   setup = state_lib.build(config, mesh)
   vocab = config.data.vocab_size
-  spec = ObjectiveSpec(vocab_size=vocab, pad_id=0, mask_id=3, num_special=8)
+  spec = ObjectiveSpec(vocab_size=vocab, pad_id=tokenizers.PAD_ID, mask_id=tokenizers.MASK_ID,
+                       num_special=tokenizers.NUM_SPECIAL)
   with jax.set_mesh(mesh):
     schedule = optimizer_lib.learning_rate_schedule(config.train)
     step = step_lib.make_train_step(setup, mesh, config.objective, spec, np.ones(vocab, np.int32), schedule)

@@ -9,6 +9,7 @@ import sys
 import time
 
 import jax
+import tensorboardX
 
 # Dense bf16 peak FLOP/s per chip, by `device_kind` prefix (vendor datasheets), for MFU.
 PEAK_FLOPS = {
@@ -33,10 +34,7 @@ class MetricsWriter:
     if enabled:
       os.makedirs(workdir, exist_ok=True)
       self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
-      import tensorflow as tf  # only for TensorBoard event files; imported when a writer is made
-
-      self._tf = tf
-      self._tb = tf.summary.create_file_writer(workdir)
+      self._tb = tensorboardX.SummaryWriter(workdir, flush_secs=30)
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.enabled:
@@ -44,11 +42,9 @@ class MetricsWriter:
     row = {'step': int(step), **{k: float(v) for k, v in metrics.items()}}
     self._jsonl.write(json.dumps(row) + '\n')
     self._jsonl.flush()
-    with self._tb.as_default(step=int(step)):
-      for k, v in row.items():
-        if k != 'step':
-          self._tf.summary.scalar(k, v)
-    self._tb.flush()
+    for k, v in row.items():
+      if k != 'step':
+        self._tb.add_scalar(k, v, global_step=row['step'])
 
   def close(self) -> None:
     if self.enabled:

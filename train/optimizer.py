@@ -6,9 +6,10 @@ import optax
 
 
 def learning_rate_schedule(t: ml_collections.ConfigDict) -> optax.Schedule:
-  decay_steps = max(t.steps, t.warmup_steps + 1)
+  """Warmup is capped at the run length, so a short run (--config.train.steps=20) still decays."""
+  warmup = min(t.warmup_steps, t.steps - 1)
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=t.learning_rate, warmup_steps=t.warmup_steps, decay_steps=decay_steps,
+      init_value=0.0, peak_value=t.learning_rate, warmup_steps=warmup, decay_steps=t.steps,
       end_value=t.learning_rate * t.end_lr_fraction)
 
 
