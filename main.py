@@ -57,6 +57,25 @@ def _run(config, workdir: str, mode: str) -> None:
       print(f'{k:28s} {v:,}' if isinstance(v, int) else f'{k:28s} {v}')
 
 
+def _fail(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with a bad --config.x.y override reported as one line instead of a traceback."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e).splitlines()[0])
+  except (AttributeError, KeyError) as e:
+    name = str(e).strip('"\'')
+    override = next((a for a in argv if a.startswith('--config.') and name in a.split('=')[0]), name)
+    _fail(f'{override.split("=")[0].removeprefix("--")}: unknown config key; the keys are in configs/default.py')
+  except (TypeError, ValueError) as e:
+    _fail(f'{e}; check the --config overrides\' types against configs/default.py')
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -64,9 +83,8 @@ def main(argv: list[str]) -> None:
   try:
     _run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except ConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _fail(str(e))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
