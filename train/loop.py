@@ -78,10 +78,15 @@ def evaluate(run: Run, params, eval_step) -> dict[str, float]:
   return step_lib.summarize(total, 'eval')
 
 
+def skips_causal_blocks(config: ml_collections.ConfigDict) -> bool:
+  """Blockwise and ring paths skip the hidden upper triangle, halving attention FLOPs, under a causal mask only."""
+  return config.objective == 'causal' and config.model.attention != 'vanilla'
+
+
 def flops_per_token(run: Run) -> float:
   cfg = run.config
   return flops_lib.flops_per_token(run.setup.model_cfg, cfg.data.seq_len, cfg.data.vocab_size,
-                                   causal_skip=cfg.model.attention != 'vanilla')
+                                   causal_skip=skips_causal_blocks(cfg))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -177,7 +182,7 @@ def estimate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
       'params': counts['total'],
       'params_non_embedding': counts['non_embedding'],
       'flops_per_token': flops_lib.flops_per_token(setup.model_cfg, config.data.seq_len, vocab,
-                                                   causal_skip=config.model.attention != 'vanilla'),
+                                                   causal_skip=skips_causal_blocks(config)),
       'memory_per_device_bytes': int(memory.argument_size_in_bytes + memory.temp_size_in_bytes),
       'memory_arguments_bytes': int(memory.argument_size_in_bytes),
       'memory_temp_bytes': int(memory.temp_size_in_bytes),
