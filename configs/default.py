@@ -12,6 +12,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0  # seeds params init, data order and objective noise
   c.objective = 'causal'  # causal | prefix_lm | masked_lm
 
+  c.objectives = o = ml_collections.ConfigDict()
+  o.mask_rate = 0.15  # masked_lm: chance that a real token is chosen (then 80% [MASK], 10% random, 10% kept)
+  o.prefix_min_frac = 0.0  # prefix_lm: each document's prefix is floor(f * length), f ~ U[min_frac, max_frac]
+  o.prefix_max_frac = 1.0  # prefix_lm: upper end of that range (prefix clipped to 1..length-1 tokens)
+
   c.model = m = ml_collections.ConfigDict()
   m.num_layers = 2  # transformer blocks
   m.d_model = 128  # D: residual width

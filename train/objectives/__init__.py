@@ -9,7 +9,7 @@ from collections.abc import Callable
 import jax
 
 from configs.errors import ConfigError
-from train.objectives import causal
+from train.objectives import causal, masked_lm, prefix_lm
 from train.objectives.base import ModelBatch, ObjectiveSpec
 
 
@@ -17,6 +17,8 @@ Objective = Callable[[dict[str, jax.Array], jax.Array, ObjectiveSpec], ModelBatc
 
 OBJECTIVES: dict[str, Objective] = {
     'causal': causal.make_batch,
+    'prefix_lm': prefix_lm.make_batch,
+    'masked_lm': masked_lm.make_batch,
 }
 
 

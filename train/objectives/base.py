@@ -1,8 +1,10 @@
-"""The types every objective shares."""
+"""The types and the document bookkeeping every objective shares."""
 
 import dataclasses
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 
 from models.attention import AttentionMask
 
@@ -20,9 +22,38 @@ class ModelBatch:
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveSpec:
-  """The static facts an objective may need beyond the batch."""
+  """The static facts an objective may need beyond the batch; the defaults mirror `objectives.*` in the config."""
 
   vocab_size: int
   pad_id: int
   mask_id: int
   num_special: int  # ids below this are special (pad, bos, eos, mask, spares): never drawn as random tokens
+  mask_rate: float = 0.15  # masked_lm: chance that a real token is chosen for prediction
+  prefix_min_frac: float = 0.0  # prefix_lm: lower end of the prefix fraction of each document
+  prefix_max_frac: float = 1.0  # prefix_lm: upper end of the prefix fraction of each document
+
+  @classmethod
+  def from_config(cls, objectives_cfg: ml_collections.ConfigDict, *, vocab_size: int, pad_id: int, mask_id: int,
+                  num_special: int) -> 'ObjectiveSpec':
+    """The tokenizer's ids plus the `objectives.*` config keys (validated by configs/validate.py)."""
+    o = objectives_cfg
+    return cls(vocab_size=vocab_size, pad_id=pad_id, mask_id=mask_id, num_special=num_special,
+               mask_rate=float(o.mask_rate), prefix_min_frac=float(o.prefix_min_frac),
+               prefix_max_frac=float(o.prefix_max_frac))
+
+
+def document_offsets(segment_ids_BS: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Per token: (offset in its document piece, that piece's length, the row index where the piece starts).
+
+  Packing writes each segment as one contiguous run (the ring zig-zag comes after the objective), so two cumulative
+  scans find every run in O(S) without [S, S] or per-segment tables. Pads form runs too; callers mask them out.
+  """
+  S = segment_ids_BS.shape[1]
+  idx_BS = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), segment_ids_BS.shape)
+  starts_BS = jnp.concatenate([jnp.ones_like(segment_ids_BS[:, :1], bool),
+                               segment_ids_BS[:, 1:] != segment_ids_BS[:, :-1]], axis=1)
+  ends_BS = jnp.concatenate([segment_ids_BS[:, 1:] != segment_ids_BS[:, :-1],
+                             jnp.ones_like(segment_ids_BS[:, :1], bool)], axis=1)
+  start_BS = jax.lax.cummax(jnp.where(starts_BS, idx_BS, 0), axis=1)
+  end_BS = jax.lax.cummin(jnp.where(ends_BS, idx_BS, S - 1), axis=1, reverse=True)
+  return idx_BS - start_BS, end_BS - start_BS + 1, start_BS
