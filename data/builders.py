@@ -1,0 +1,145 @@
+"""tfds builders for the local corpora: the installed Python standard library, and any folder of text files.
+
+Both read local files only (nothing is downloaded), put one document per file with features `text` and `path`
+(relative to the corpus root), and split train/validation by a hash of that path, so the split depends on neither
+file order nor machine. Built once into a data dir, they are then read like any tfds dataset.
+"""
+
+import abc
+import dataclasses
+import hashlib
+import os
+import pathlib
+import re
+import sys
+import sysconfig
+from collections.abc import Iterator
+
+from data.quiet_tf import tfds
+
+# Folders of the stdlib that hold tests, test data or installed third-party packages rather than library source.
+_STDLIB_SKIP_DIRS = frozenset({'test', 'tests', 'idle_test', 'site-packages', 'dist-packages', '__pycache__'})
+
+
+def is_validation(relative_path: str, validation_percent: int) -> bool:
+  """The split rule: a stable hash of the path lands in [0, 100); below validation_percent = held out."""
+  digest = hashlib.sha256(relative_path.encode('utf-8')).digest()
+  return int.from_bytes(digest[:8], 'little') % 100 < validation_percent
+
+
+def stdlib_root() -> pathlib.Path:
+  return pathlib.Path(sysconfig.get_paths()['stdlib'])
+
+
+def stdlib_files() -> list[pathlib.Path]:
+  """The stdlib's own .py sources, sorted, without tests and site-packages."""
+  root, files = stdlib_root(), []
+  for folder, dirs, names in os.walk(root):
+    dirs[:] = sorted(d for d in dirs if d not in _STDLIB_SKIP_DIRS)
+    files += [pathlib.Path(folder, n) for n in names if n.endswith('.py')]
+  return sorted(files)
+
+
+def text_dir_files(text_dir: pathlib.Path, text_glob: str) -> list[pathlib.Path]:
+  return sorted(p for p in text_dir.glob(text_glob) if p.is_file())
+
+
+def _examples(root: pathlib.Path, files: list[pathlib.Path], validation_percent: int,
+              split: str) -> Iterator[tuple[str, dict[str, str]]]:
+  """Yields (key, example) for the files of `split`; undecodable bytes become U+FFFD, blank files are skipped."""
+  for file in files:
+    relative = file.relative_to(root).as_posix()
+    if ('validation' if is_validation(relative, validation_percent) else 'train') != split:
+      continue
+    text = file.read_text(encoding='utf-8', errors='replace')
+    if text.strip():
+      yield relative, {'text': text, 'path': relative}
+
+
+class _LocalFilesBuilder(tfds.core.GeneratorBasedBuilder):
+  """What both local builders share: features, the two splits, and no download checksums to look up."""
+
+  code_path = None  # tfds looks for a checksums file beside the builder's code; local files have none
+
+  @abc.abstractmethod
+  def _root(self) -> pathlib.Path:
+    """The folder document paths are relative to."""
+
+  @abc.abstractmethod
+  def _files(self) -> list[pathlib.Path]:
+    """The documents, sorted."""
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    features = tfds.features.FeaturesDict({'text': tfds.features.Text(), 'path': tfds.features.Text()})
+    return tfds.core.DatasetInfo(builder=self, description=f'One document per file under {self._root()}',
+                                 features=features)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # nothing to download
+    return {s: self._generate_examples(s) for s in ('train', 'validation')}
+
+  def _generate_examples(self, split: str):
+    return _examples(self._root(), self._files(), self.builder_config.validation_percent, split)
+
+
+@dataclasses.dataclass(eq=False)
+class StdlibConfig(tfds.core.BuilderConfig):
+  validation_percent: int = 5
+
+
+class RinglmStdlib(_LocalFilesBuilder):
+  """The running interpreter's standard library sources: real text every machine already has.
+
+  The config name carries the Python version (the stdlib differs between them) and the validation percent.
+  """
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'One document per .py file; tests and site-packages left out.'}
+
+  @classmethod
+  def for_percent(cls, validation_percent: int, data_dir: str) -> 'RinglmStdlib':
+    name = f'py{sys.version_info.major}_{sys.version_info.minor}_val{validation_percent}'
+    return cls(config=StdlibConfig(name=name, validation_percent=validation_percent), data_dir=data_dir)
+
+  def _root(self) -> pathlib.Path:
+    return stdlib_root()
+
+  def _files(self) -> list[pathlib.Path]:
+    return stdlib_files()
+
+
+@dataclasses.dataclass(eq=False)
+class TextDirConfig(tfds.core.BuilderConfig):
+  text_dir: str = ''
+  text_glob: str = '**/*.txt'
+  validation_percent: int = 5
+
+
+class RinglmTextDir(_LocalFilesBuilder):
+  """Any folder of text files, one document per file.
+
+  The config name hashes the folder's absolute path, the glob, the validation percent and the files' names, sizes
+  and mtimes, so two folders (or one folder edited) never share built data.
+  """
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'One document per file matching the glob.'}
+
+  @classmethod
+  def for_folder(cls, text_dir: pathlib.Path, text_glob: str, validation_percent: int,
+                 data_dir: str) -> 'RinglmTextDir':
+    text_dir = text_dir.resolve()
+    identity = hashlib.sha256(f'{text_dir}\0{text_glob}\0{validation_percent}'.encode())
+    for file in text_dir_files(text_dir, text_glob):
+      stat = file.stat()
+      identity.update(f'\0{file.relative_to(text_dir)}\0{stat.st_size}\0{stat.st_mtime_ns}'.encode())
+    label = re.sub(r'[^A-Za-z0-9_]', '_', text_dir.name)[:40]
+    config = TextDirConfig(name=f'{label}_{identity.hexdigest()[:16]}', text_dir=str(text_dir),
+                           text_glob=text_glob, validation_percent=validation_percent)
+    return cls(config=config, data_dir=data_dir)
+
+  def _root(self) -> pathlib.Path:
+    return pathlib.Path(self.builder_config.text_dir)
+
+  def _files(self) -> list[pathlib.Path]:
+    return text_dir_files(self._root(), self.builder_config.text_glob)

@@ -1,0 +1,174 @@
+"""The trainer's one entry point: `make_dataset(config, split, process_index, process_count).batch(step, B)`.
+
+Batches are indexed by step, not drawn from an iterator: the batch for (seed, step) is the same whatever was asked
+before, so resuming at step k needs only k (no iterator state in checkpoints).
+
+Local corpora (stdlib, text_dir) are tokenized and packed whole once, cached as .npy under data.cache_dir, and
+memory-mapped. Row r of the endless training stream is row perm_e[r % N] of the packed split, where
+e = r // N is the epoch and perm_e a permutation seeded by (seed, e); evaluation (shuffle=False) reads rows in order,
+so every evaluation sees the same batches. Global batch `step` is stream rows [step*B, (step+1)*B); process p of P
+takes its contiguous B/P of them, so the processes' rows are disjoint and together form the one-process batch.
+
+Catalogue datasets (data.tfds_name) may not fit in memory, so they are streamed: each process reads its own
+tfds.even_splits slice in stored order (no shuffle; catalogue data such as c4 is stored shuffled), packs as it
+goes and repeats at the end. Batch `step` is rows [step*b, (step+1)*b) of that process's stream (b = B/P); asking
+for an earlier step than the last rereads from the start, a later one skips forward, so results depend only on step
+(skipping costs reading the skipped text). Here the global batch is the processes' batches together, which differs
+from what one process would read alone.
+"""
+
+import hashlib
+import re
+from collections.abc import Iterable, Iterator
+from typing import Protocol
+
+import numpy as np
+
+from configs.errors import ConfigError
+from data import cache, packing, sources, tokenizers
+
+_PACK_FORMAT = 1  # bump when packing changes, so cached arrays are rebuilt
+_FIELDS = ('tokens', 'segment_ids', 'positions')
+
+
+class Dataset(Protocol):
+  tokenizer: tokenizers.Tokenizer
+  seq_len: int
+  num_rows: int | None  # packed rows in the split; None when streamed (unknown without reading it all)
+
+  def batch(self, step: int, global_batch_size: int) -> dict[str, np.ndarray]:
+    """This process's rows of global batch `step`: tokens, segment_ids, positions, each [B / P, S] int32."""
+
+
+def check_config(config) -> None:
+  """Every data.* check that needs no corpus; main.py can call this before anything compiles."""
+  if config.data.seq_len < 2:
+    raise ConfigError('data.seq_len', config.data.seq_len, 'need at least 2 tokens per row (an input and a target)')
+  sources.check_config(config.data)
+  tokenizers.check_config(config.data)
+
+
+def make_dataset(config, split: str, process_index: int = 0, process_count: int = 1,
+                 shuffle: bool | None = None) -> Dataset:
+  """Opens (building and caching on first use) this process's view of `split`.
+
+  shuffle: per-epoch permutation of rows (local corpora); defaults to True for data.train_split, False otherwise.
+  """
+  check_config(config)
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index {process_index} is not in [0, {process_count})')
+  d = config.data
+  corpus = sources.open_corpus(d)
+  sources.check_split(corpus, split, 'data.train_split' if split == d.train_split else 'data.eval_split')
+  sources.check_split(corpus, d.train_split, 'data.train_split')  # the tokenizer is trained on it
+  tokenizer = tokenizers.make_tokenizer(d, corpus.identity, _train_texts(corpus, d.train_split))
+  if corpus.local:
+    rows = _packed(d, corpus, split, tokenizer)
+    return LocalDataset(tokenizer, rows, process_index, process_count,
+                        seed=config.seed, shuffle=split == d.train_split if shuffle is None else shuffle)
+  return StreamingDataset(tokenizer, corpus, split, d.seq_len, process_index, process_count)
+
+
+def _train_texts(corpus: sources.Corpus, split: str) -> Iterator[str]:
+  """Lazily, the tokenizer's training text (only read when no cached tokenizer exists)."""
+  if corpus.local:
+    yield from sources.local_documents(corpus, split)
+  else:
+    yield from sources.stream_documents(corpus, split, 0, 1)
+
+
+def _packed(d, corpus: sources.Corpus, split: str, tokenizer: tokenizers.Tokenizer) -> dict[str, np.ndarray]:
+  """The whole split tokenized and packed, from the cache (built here on first use)."""
+  split_name = f'{re.sub(r"[^A-Za-z0-9_]", "_", split)}_{hashlib.sha256(split.encode()).hexdigest()[:8]}'
+  path = cache.root(d) / 'packed' / f'{corpus.identity}_{split_name}_{tokenizer.identity}_S{d.seq_len}_f{_PACK_FORMAT}'
+  with cache.lock(path):
+    if not path.exists():
+      ids = tokenizer.encode_batch(sources.local_documents(corpus, split))
+      rows = packing.pack(ids, d.seq_len, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
+      cache.save_arrays(path, rows.as_dict())
+  return cache.load_arrays(path, _FIELDS)
+
+
+def _rows_per_process(global_batch_size: int, process_count: int) -> int:
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ConfigError('train.batch_size', global_batch_size,
+                      f'use a positive multiple of the process count ({process_count})')
+  return global_batch_size // process_count
+
+
+class LocalDataset:
+  """A packed split held as memory-mapped [N, S] arrays, indexed by step (see the module docstring)."""
+
+  def __init__(self, tokenizer: tokenizers.Tokenizer, rows: dict[str, np.ndarray], process_index: int,
+               process_count: int, seed: int, shuffle: bool):
+    self.tokenizer, self._rows = tokenizer, rows
+    self.num_rows, self.seq_len = rows['tokens'].shape
+    self._process_index, self._process_count = process_index, process_count
+    self._seed, self._shuffle = seed, shuffle
+    self._perms: dict[int, np.ndarray] = {}
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    if epoch not in self._perms:
+      if len(self._perms) >= 2:  # a batch spans at most two epochs (when B <= N)
+        self._perms.pop(min(self._perms))
+      self._perms[epoch] = np.random.default_rng([self._seed, epoch]).permutation(self.num_rows)
+    return self._perms[epoch]
+
+  def batch(self, step: int, global_batch_size: int) -> dict[str, np.ndarray]:
+    if step < 0:
+      raise ValueError(f'step {step} < 0')
+    local = _rows_per_process(global_batch_size, self._process_count)
+    stream_B = step * global_batch_size + self._process_index * local + np.arange(local)
+    epoch_B, offset_B = np.divmod(stream_B, self.num_rows)
+    index_B = offset_B.copy()
+    if self._shuffle:
+      for epoch in np.unique(epoch_B):
+        in_epoch_B = epoch_B == epoch
+        index_B[in_epoch_B] = self._permutation(int(epoch))[offset_B[in_epoch_B]]
+    return {name: np.asarray(self._rows[name][index_B], np.int32) for name in _FIELDS}
+
+
+class StreamingDataset:
+  """This process's slice of a catalogue split, packed as read, repeated endlessly (see the module docstring)."""
+
+  num_rows = None
+
+  def __init__(self, tokenizer: tokenizers.Tokenizer, corpus: sources.Corpus, split: str, seq_len: int,
+               process_index: int, process_count: int):
+    self.tokenizer, self.seq_len = tokenizer, seq_len
+    self._corpus, self._split = corpus, split
+    self._process_index, self._process_count = process_index, process_count
+    self._stream: Iterator[tuple[np.ndarray, ...]] | None = None
+    self._next_row = 0  # index in this process's stream of the row self._stream yields next
+
+  def _endless_rows(self) -> Iterator[tuple[np.ndarray, ...]]:
+    while True:
+      texts = sources.stream_documents(self._corpus, self._split, self._process_index, self._process_count)
+      empty = True
+      for row in packing.iter_rows(_encoded(self.tokenizer, texts), self.seq_len, self.tokenizer.bos_id,
+                                   self.tokenizer.eos_id, self.tokenizer.pad_id):
+        empty = False
+        yield row
+      if empty:
+        raise ConfigError('data.tfds_name', self._corpus.builder.name,
+                          f'process {self._process_index} of {self._process_count} got no text from {self._split!r}')
+
+  def batch(self, step: int, global_batch_size: int) -> dict[str, np.ndarray]:
+    if step < 0:
+      raise ValueError(f'step {step} < 0')
+    local = _rows_per_process(global_batch_size, self._process_count)
+    first = step * local
+    if self._stream is None or first < self._next_row:
+      self._stream, self._next_row = self._endless_rows(), 0
+    for _ in range(first - self._next_row):
+      next(self._stream)
+    rows = [next(self._stream) for _ in range(local)]
+    self._next_row = first + local
+    return {name: np.stack(parts) for name, parts in zip(_FIELDS, zip(*rows))}
+
+
+def _encoded(tokenizer: tokenizers.Tokenizer, texts: Iterable[str], chunk: int = 256) -> Iterator[np.ndarray]:
+  """Token ids of `texts` in order, encoded `chunk` documents at a time (sentencepiece spreads them over threads)."""
+  texts = iter(texts)
+  while batch := [text for _, text in zip(range(chunk), texts)]:
+    yield from tokenizer.encode_batch(batch)

@@ -1,0 +1,173 @@
+"""Tokenizers behind one interface: sentencepiece (trained on the corpus on first use, cached) and raw bytes.
+
+Both put the same special ids first, so objectives and the trainer need not know which one is in use:
+0 pad, 1 bos, 2 eos, 3 mask (masked LM), then spare reserved ids. `token_bytes[i]` is how many UTF-8 bytes id i
+stands for (0 for specials), which turns a summed token loss into bits per byte.
+
+Sentencepiece is trained lossless (no normalisation, spaces and newlines kept, byte fallback), so
+decode(encode(text)) == text for the bpe, unigram and char models. The word model is not: sentencepiece's byte
+fallback for an unseen word emits the bytes of its escaped leading space ('\u2581'), which decodes as that character.
+"""
+
+import abc
+import hashlib
+import io
+import os
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import sentencepiece as spm
+
+from configs.errors import ConfigError
+from data import cache
+
+PAD_ID, BOS_ID, EOS_ID, MASK_ID = 0, 1, 2, 3
+NUM_SPECIAL = 8  # ids below this stand for no text: pad, bos, eos, mask, then unk (sentencepiece) or spare
+RESERVED_IDS = (4, 5, 6, 7)  # free for later objectives in the byte tokenizer; sentencepiece puts unk at 4
+SPM_MODEL_TYPES = ('bpe', 'unigram', 'char', 'word')
+TOKENIZERS = ('sentencepiece', 'byte')
+_SPM_FORMAT = 1  # bump when the training options below change, so cached models are retrained
+_SPM_CHUNK_CHARS = 2048  # training "sentences" are runs of whole lines about this long
+
+
+class Tokenizer(abc.ABC):
+  """Text <-> int32 ids. Ids below NUM_SPECIAL never come out of `encode`."""
+
+  pad_id, bos_id, eos_id, mask_id = PAD_ID, BOS_ID, EOS_ID, MASK_ID
+  reserved_ids = RESERVED_IDS
+
+  identity: str  # names the vocabulary, for cache keys of data tokenized with it
+  vocab_size: int
+  token_bytes: np.ndarray  # [V] int32: UTF-8 bytes each id stands for
+
+  @abc.abstractmethod
+  def encode(self, text: str) -> np.ndarray:
+    """[T] int32 ids of `text`, no bos/eos."""
+
+  def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+    return [self.encode(t) for t in texts]
+
+  @abc.abstractmethod
+  def decode(self, ids: Iterable[int]) -> str:
+    """The text of `ids`; special ids decode to nothing."""
+
+
+class ByteTokenizer(Tokenizer):
+  """UTF-8 bytes shifted past the special ids: V = NUM_SPECIAL + 256, lossless on any text, no training."""
+
+  vocab_size = NUM_SPECIAL + 256
+  identity = f'byte{vocab_size}'
+  token_bytes = np.concatenate([np.zeros(NUM_SPECIAL, np.int32), np.ones(256, np.int32)])
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.frombuffer(text.encode('utf-8'), np.uint8).astype(np.int32) + NUM_SPECIAL
+
+  def decode(self, ids: Iterable[int]) -> str:
+    ids_T = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, np.int64)
+    return bytes((ids_T[ids_T >= NUM_SPECIAL] - NUM_SPECIAL).astype(np.uint8)).decode('utf-8', errors='replace')
+
+
+class SentencePieceTokenizer(Tokenizer):
+  """A trained sentencepiece model; special pieces sit at the shared ids (checked on load)."""
+
+  def __init__(self, model_proto: bytes, identity: str):
+    self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    self.identity = identity
+    self.vocab_size = self._sp.get_piece_size()
+    specials = {'<pad>': PAD_ID, '<s>': BOS_ID, '</s>': EOS_ID, '<mask>': MASK_ID}
+    for piece, want in specials.items():
+      if self._sp.piece_to_id(piece) != want:
+        raise ValueError(f'sentencepiece model {identity}: {piece} is id {self._sp.piece_to_id(piece)}, not {want}')
+    self.token_bytes = np.array([self._piece_bytes(i) for i in range(self.vocab_size)], np.int32)
+
+  def _piece_bytes(self, i: int) -> int:
+    sp = self._sp
+    if i < NUM_SPECIAL or sp.is_control(i) or sp.is_unknown(i):
+      return 0
+    if sp.is_byte(i):
+      return 1
+    return len(sp.id_to_piece(i).replace('\u2581', ' ').encode('utf-8'))
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.asarray(self._sp.encode(text), np.int32)
+
+  def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+    return [np.asarray(ids, np.int32) for ids in self._sp.encode(texts, num_threads=os.cpu_count() or 1)]
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return self._sp.decode([int(i) for i in ids])
+
+
+def check_config(data_config) -> None:
+  """Raises ConfigError for a tokenizer setting no corpus could satisfy (the rest surfaces when training)."""
+  if data_config.tokenizer not in TOKENIZERS:
+    raise ConfigError('data.tokenizer', data_config.tokenizer, f'use one of {", ".join(TOKENIZERS)}')
+  if data_config.tokenizer == 'byte' and data_config.vocab_size != ByteTokenizer.vocab_size:
+    raise ConfigError('data.vocab_size', data_config.vocab_size,
+                      f'the byte tokenizer has exactly {ByteTokenizer.vocab_size} ids (256 bytes + {NUM_SPECIAL} '
+                      f'special); set data.vocab_size={ByteTokenizer.vocab_size}')
+  if data_config.tokenizer == 'sentencepiece':
+    if data_config.spm_model_type not in SPM_MODEL_TYPES:
+      raise ConfigError('data.spm_model_type', data_config.spm_model_type, f'use one of {", ".join(SPM_MODEL_TYPES)}')
+    smallest = NUM_SPECIAL + 1 + 256 + 1  # specials, newline, the 256 byte-fallback pieces, one learned piece
+    if data_config.vocab_size < smallest:
+      raise ConfigError('data.vocab_size', data_config.vocab_size,
+                        f'sentencepiece with byte fallback needs at least {smallest}; raise it (e.g. 2048)')
+    if data_config.spm_max_chars <= 0:
+      raise ConfigError('data.spm_max_chars', data_config.spm_max_chars, 'must be positive (e.g. 20_000_000)')
+
+
+def make_tokenizer(data_config, corpus_identity: str, train_texts: Iterable[str]) -> Tokenizer:
+  """The configured tokenizer; sentencepiece is trained on `train_texts` once per corpus, vocab and type, then cached.
+
+  `train_texts` is only consumed when no cached model exists, so callers may pass a lazy iterator.
+  """
+  check_config(data_config)
+  if data_config.tokenizer == 'byte':
+    return ByteTokenizer()
+  settings = f'{corpus_identity}|v{data_config.vocab_size}|{data_config.spm_model_type}|' \
+             f'c{data_config.spm_max_chars}|f{_SPM_FORMAT}'
+  identity = f'spm_{data_config.spm_model_type}{data_config.vocab_size}_' \
+             f'{hashlib.sha256(settings.encode()).hexdigest()[:16]}'
+  path = cache.root(data_config) / 'tokenizers' / f'{identity}.model'
+  with cache.lock(path):
+    if not path.exists():
+      cache.write_bytes(path, _train(data_config, train_texts))
+  return SentencePieceTokenizer(path.read_bytes(), identity)
+
+
+def _sentences(texts: Iterable[str], max_chars: int) -> Iterator[str]:
+  """Runs of whole lines (newlines kept, so sentencepiece learns them) up to about _SPM_CHUNK_CHARS each."""
+  budget = max_chars
+  for text in texts:
+    text = text[:budget]
+    budget -= len(text)
+    start = 0
+    while start < len(text):
+      end = len(text)
+      if end - start > _SPM_CHUNK_CHARS:
+        newline = text.rfind('\n', start, start + _SPM_CHUNK_CHARS)
+        end = newline + 1 if newline >= start else start + _SPM_CHUNK_CHARS
+      yield text[start:end]
+      start = end
+    if budget <= 0:
+      return
+
+
+def _train(data_config, train_texts: Iterable[str]) -> bytes:
+  """Trains a lossless model: no normalisation, whitespace kept as is, byte fallback for anything unseen."""
+  model = io.BytesIO()
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_sentences(train_texts, data_config.spm_max_chars), model_writer=model,
+        vocab_size=data_config.vocab_size, model_type=data_config.spm_model_type,
+        pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID, unk_id=RESERVED_IDS[0],
+        control_symbols=['<mask>'] + [f'<reserved_{i}>' for i in range(len(RESERVED_IDS) - 1)],
+        user_defined_symbols=['\n'], byte_fallback=True, normalization_rule_name='identity',
+        remove_extra_whitespaces=False, add_dummy_prefix=False, allow_whitespace_only_pieces=True,
+        max_sentence_length=4 * _SPM_CHUNK_CHARS + 16, num_threads=os.cpu_count() or 1, minloglevel=2)
+  except RuntimeError as e:  # sentencepiece says how large the vocabulary may be for this text
+    raise ConfigError('data.vocab_size', data_config.vocab_size,
+                      f'sentencepiece cannot reach it on this corpus ({str(e).strip().split("] ")[-1]})') from None
+  return model.getvalue()
+

@@ -1,0 +1,313 @@
+"""data/: builders, tokenizers, packing and the step-indexed pipeline, on real stdlib text (small subsets for speed)."""
+
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+
+from configs import default
+from configs.errors import ConfigError
+from data import builders, packing, pipeline, sources, tokenizers
+from data.quiet_tf import quietly, tfds
+
+NON_ASCII = '\n# ünïcödé ✓ 日本語 𝔘 — tabs\tand   spaces\n'
+
+
+@pytest.fixture(scope='session')
+def cache_dir(tmp_path_factory) -> pathlib.Path:
+  return tmp_path_factory.mktemp('ringlm_cache')
+
+
+@pytest.fixture(scope='session')
+def text_dir(tmp_path_factory) -> pathlib.Path:
+  """About 60 small stdlib sources (with their subfolders) copied out: a real folder of text."""
+  root, out = builders.stdlib_root(), tmp_path_factory.mktemp('corpus')
+  picked = [f for f in builders.stdlib_files() if 2_000 < f.stat().st_size < 30_000][::6][:60]
+  for file in picked:
+    target = out / file.relative_to(root)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(file, target)
+  return out
+
+
+def make_config(cache_dir: pathlib.Path, text_dir: pathlib.Path | str = '', **data):
+  config = default.get_config()
+  d = config.data
+  d.cache_dir, d.text_dir, d.text_glob = str(cache_dir), str(text_dir), '**/*.py'
+  d.validation_percent, d.vocab_size, d.seq_len, d.spm_max_chars = 20, 512, 128, 400_000
+  d.update(data)
+  return config
+
+
+def split_paths(builder, split: str) -> list[str]:
+  return sorted(e['path'].decode() for e in tfds.as_numpy(builder.as_dataset(split=split)))
+
+
+def build(builder):
+  with quietly():
+    builder.download_and_prepare()
+  return builder
+
+
+# Tokenizers.
+
+
+def test_byte_tokenizer_round_trips_real_text_and_counts_bytes():
+  text = (builders.stdlib_root() / 'textwrap.py').read_text() + NON_ASCII
+  tok = tokenizers.ByteTokenizer()
+  ids = tok.encode(text)
+  assert ids.dtype == np.int32 and ids.min() >= tokenizers.NUM_SPECIAL and ids.max() < tok.vocab_size == 264
+  assert tok.decode(ids) == text
+  assert tok.token_bytes[ids].sum() == len(text.encode('utf-8'))
+  assert tok.decode([tok.bos_id, *ids[:5], tok.eos_id, tok.pad_id]) == text[:5]
+
+
+@pytest.fixture(scope='session')
+def spm_tokenizer(cache_dir, text_dir) -> tokenizers.Tokenizer:
+  d = make_config(cache_dir, text_dir).data
+  corpus = sources.open_corpus(d)
+  return tokenizers.make_tokenizer(d, corpus.identity, sources.local_documents(corpus, 'train'))
+
+
+def test_sentencepiece_round_trips_unseen_text_and_counts_bytes(spm_tokenizer, cache_dir, text_dir):
+  corpus = sources.open_corpus(make_config(cache_dir, text_dir).data)
+  unseen = sources.local_documents(corpus, 'validation')
+  assert unseen
+  tok = spm_tokenizer
+  assert tok.vocab_size == 512 and (tok.token_bytes[:tokenizers.NUM_SPECIAL] == 0).all()
+  for text in unseen + [NON_ASCII]:
+    ids = tok.encode(text)
+    assert ids.min() >= tokenizers.NUM_SPECIAL
+    assert tok.decode(ids) == text
+    assert tok.token_bytes[ids].sum() == len(text.encode('utf-8'))
+  assert len(tok.encode(unseen[0])) < 0.7 * len(unseen[0].encode())  # it learned merges, not just bytes
+
+
+def test_sentencepiece_is_cached_per_corpus_and_vocab(spm_tokenizer, cache_dir, text_dir):
+  def never_read():
+    raise AssertionError('a cached tokenizer must not read its training text')
+    yield  # pragma: no cover
+
+  d = make_config(cache_dir, text_dir).data
+  corpus = sources.open_corpus(d)
+  again = tokenizers.make_tokenizer(d, corpus.identity, never_read())
+  assert again.identity == spm_tokenizer.identity
+  other = make_config(cache_dir, text_dir, vocab_size=600).data
+  assert tokenizers.make_tokenizer(other, corpus.identity, sources.local_documents(corpus, 'train')).vocab_size == 600
+
+
+def test_unigram_round_trips(cache_dir, text_dir):
+  d = make_config(cache_dir, text_dir, spm_model_type='unigram').data
+  corpus = sources.open_corpus(d)
+  tok = tokenizers.make_tokenizer(d, corpus.identity, sources.local_documents(corpus, 'train'))
+  text = sources.local_documents(corpus, 'validation')[0] + NON_ASCII
+  assert tok.decode(tok.encode(text)) == text
+  assert tok.token_bytes[tok.encode(text)].sum() == len(text.encode('utf-8'))
+
+
+# Packing.
+
+
+def unpack(rows: packing.Rows) -> list[np.ndarray]:
+  """The segments of every row, in order, after checking each row's segment ids and positions are well formed."""
+  pieces = []
+  for tokens_S, segments_S, positions_S in zip(*rows):
+    assert (tokens_S[segments_S == 0] == 0).all() and (positions_S[segments_S == 0] == 0).all()
+    used = segments_S > 0
+    assert used[:used.sum()].all()  # padding only at the end
+    ids = segments_S[used]
+    assert ids[0] == 1 and (np.diff(ids) >= 0).all() and (np.diff(ids) <= 1).all()
+    for s in np.unique(ids):
+      in_segment = segments_S == s
+      np.testing.assert_array_equal(positions_S[in_segment], np.arange(in_segment.sum()))
+      pieces.append(tokens_S[in_segment])
+  return pieces
+
+
+def test_packing_keeps_documents_whole_apart_and_in_order():
+  rng = np.random.default_rng(0)
+  S, bos, eos = 16, 1, 2
+  lengths = [0, 3, 14, 14, 15, 40, 1, 7, 16, 5, 33]
+  docs = [rng.integers(8, 100, n).astype(np.int32) for n in lengths]
+  rows = packing.pack(docs, S, bos, eos, 0)
+  assert rows.tokens_NS.shape[1] == S and all(a.dtype == np.int32 for a in rows)
+  pieces = unpack(rows)
+  np.testing.assert_array_equal(np.concatenate(pieces), np.concatenate([[bos, *d, eos] for d in docs]))
+  # A document that fits in a row (len + 2 <= S) is one segment; longer ones are cut into row-sized pieces.
+  wanted = [[bos, *d, eos] for d in docs]
+  whole = {tuple(w) for w in wanted if len(w) <= S}
+  assert whole <= {tuple(p) for p in pieces}
+  assert len(rows.tokens_NS) == 12  # next fit, worked by hand: long documents fill the gaps short ones leave
+
+
+def test_packing_of_nothing_is_empty():
+  rows = packing.pack([], 8, 1, 2, 0)
+  assert all(a.shape == (0, 8) for a in rows)
+
+
+# Builders.
+
+
+def test_text_dir_builder_splits_are_disjoint_complete_and_deterministic(text_dir, tmp_path):
+  files = {f.relative_to(text_dir).as_posix() for f in builders.text_dir_files(text_dir, '**/*.py')}
+  first = build(builders.RinglmTextDir.for_folder(text_dir, '**/*.py', 20, str(tmp_path / 'a')))
+  second = build(builders.RinglmTextDir.for_folder(text_dir, '**/*.py', 20, str(tmp_path / 'b')))
+  train, validation = split_paths(first, 'train'), split_paths(first, 'validation')
+  assert train and validation and not set(train) & set(validation)
+  assert set(train) | set(validation) == files
+  assert validation == sorted(p for p in files if builders.is_validation(p, 20))
+  assert (split_paths(second, 'train'), split_paths(second, 'validation')) == (train, validation)
+
+
+def test_text_dir_builder_is_keyed_by_folder(text_dir, tmp_path):
+  twin = tmp_path / text_dir.name
+  shutil.copytree(text_dir, twin)
+  a = builders.RinglmTextDir.for_folder(text_dir, '**/*.py', 20, str(tmp_path / 'data'))
+  b = builders.RinglmTextDir.for_folder(twin, '**/*.py', 20, str(tmp_path / 'data'))
+  assert a.data_dir != b.data_dir
+
+
+def test_stdlib_builder_holds_library_sources_only(cache_dir, tmp_path):
+  corpus = sources.open_corpus(make_config(cache_dir).data)
+  train, validation = split_paths(corpus.builder, 'train'), split_paths(corpus.builder, 'validation')
+  assert len(train) > 500 and len(validation) > 5 and not set(train) & set(validation)
+  every = train + validation
+  assert all(p.endswith('.py') for p in every) and 'argparse.py' in every and 'json/decoder.py' in every
+  assert not [p for p in every if {'test', 'tests', 'idle_test', 'site-packages'} & set(p.split('/'))]
+  again = build(builders.RinglmStdlib.for_percent(20, str(tmp_path)))
+  assert split_paths(again, 'validation') == validation
+
+
+# Pipeline.
+
+
+@pytest.fixture(scope='session')
+def config(cache_dir, text_dir, spm_tokenizer):
+  del spm_tokenizer  # trained (and cached) first
+  return make_config(cache_dir, text_dir)
+
+
+def test_batches_are_step_indexed_whatever_was_asked_before(config):
+  ds = pipeline.make_dataset(config, 'train')
+  assert ds.num_rows > 40
+  first = ds.batch(7, 8)
+  assert set(first) == {'tokens', 'segment_ids', 'positions'}
+  assert all(v.shape == (8, 128) and v.dtype == np.int32 for v in first.values())
+  ds.batch(0, 8), ds.batch(1000, 8)
+  again = pipeline.make_dataset(config, 'train').batch(7, 8)
+  for key in first:
+    np.testing.assert_array_equal(first[key], ds.batch(7, 8)[key])
+    np.testing.assert_array_equal(first[key], again[key])
+  assert not np.array_equal(first['tokens'], ds.batch(8, 8)['tokens'])
+
+
+def test_an_epoch_visits_every_row_once_in_a_seeded_order(config):
+  ds = pipeline.make_dataset(config, 'train')
+  n = ds.num_rows
+  epoch0, epoch1 = ds.batch(0, n)['tokens'], ds.batch(1, n)['tokens']
+  rows = pipeline.make_dataset(config, 'train', shuffle=False).batch(0, n)['tokens']
+  key = lambda a: sorted(map(bytes, a))  # noqa: E731
+  assert key(epoch0) == key(rows) == key(epoch1)
+  assert not np.array_equal(epoch0, rows) and not np.array_equal(epoch0, epoch1)
+  config.seed = 1
+  try:
+    assert not np.array_equal(pipeline.make_dataset(config, 'train').batch(0, n)['tokens'], epoch0)
+  finally:
+    config.seed = 0
+
+
+@pytest.mark.parametrize('process_count', [2, 4])
+def test_process_shards_are_disjoint_and_make_the_global_batch(config, process_count):
+  whole = pipeline.make_dataset(config, 'train').batch(3, 8)
+  parts = [pipeline.make_dataset(config, 'train', p, process_count).batch(3, 8) for p in range(process_count)]
+  assert all(len(p['tokens']) == 8 // process_count for p in parts)
+  for key in whole:
+    np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
+  assert len({bytes(row) for p in parts for row in p['tokens']}) == 8
+
+
+def test_eval_batches_are_fixed_and_in_order(config):
+  ds = pipeline.make_dataset(config, 'validation')
+  in_order = pipeline.make_dataset(config, 'validation', shuffle=False).batch(0, ds.num_rows)['tokens']
+  np.testing.assert_array_equal(ds.batch(1, 2)['tokens'], in_order[2:4])
+  config.seed = 5
+  try:
+    np.testing.assert_array_equal(pipeline.make_dataset(config, 'validation').batch(1, 2)['tokens'], in_order[2:4])
+  finally:
+    config.seed = 0
+
+
+def test_packed_split_holds_every_document_token_once_in_order(config, spm_tokenizer):
+  ds = pipeline.make_dataset(config, 'train', shuffle=False)
+  rows = packing.Rows(**{f'{k}_NS': v for k, v in ds.batch(0, ds.num_rows).items()})
+  corpus = sources.open_corpus(config.data)
+  docs = spm_tokenizer.encode_batch(sources.local_documents(corpus, 'train'))
+  bos, eos = spm_tokenizer.bos_id, spm_tokenizer.eos_id
+  np.testing.assert_array_equal(np.concatenate(unpack(rows)), np.concatenate([[bos, *d, eos] for d in docs]))
+
+
+def test_catalogue_name_is_streamed_per_process_and_step_indexed(config, cache_dir):
+  corpus = sources.open_corpus(config.data)  # read back, by name, as a catalogue dataset
+  name = f'{corpus.builder.name}/{corpus.builder.builder_config.name}'
+  cat = make_config(cache_dir, tfds_name=name, tfds_data_dir=str(cache_dir / 'tfds'), tokenizer='byte',
+                    vocab_size=264)
+  ds = pipeline.make_dataset(cat, 'train', 0, 2)
+  assert ds.num_rows is None
+  b3 = ds.batch(3, 4)
+  b1 = ds.batch(1, 4)
+  np.testing.assert_array_equal(ds.batch(3, 4)['tokens'], b3['tokens'])
+  np.testing.assert_array_equal(pipeline.make_dataset(cat, 'train', 0, 2).batch(1, 4)['tokens'], b1['tokens'])
+  other = pipeline.make_dataset(cat, 'train', 1, 2).batch(0, 4)['tokens']
+  ours = pipeline.make_dataset(cat, 'train', 0, 2).batch(0, 4)['tokens']
+  assert not {bytes(r) for r in other} & {bytes(r) for r in ours}
+  with pytest.raises(ConfigError, match='data.text_key'):
+    cat.data.text_key = 'body'
+    pipeline.make_dataset(cat, 'train')
+
+
+def test_default_corpus_end_to_end_with_bytes(cache_dir):
+  ds = pipeline.make_dataset(make_config(cache_dir, tokenizer='byte', vocab_size=264, seq_len=256), 'validation')
+  assert ds.num_rows > 100
+  batch = ds.batch(0, 4)
+  assert batch['tokens'].shape == (4, 256)
+  assert ds.tokenizer.decode(batch['tokens'][0]).strip()
+
+
+def test_building_and_reading_print_nothing(text_dir, tmp_path, capfd):
+  config = make_config(tmp_path, text_dir, tokenizer='byte', vocab_size=264)
+  pipeline.make_dataset(config, 'train').batch(0, 2)
+  assert capfd.readouterr() == ('', '')
+
+
+# Errors name the key.
+
+
+@pytest.mark.parametrize('key, overrides', [
+    ('data.text_dir', {'text_dir': '/no/such/folder'}),
+    ('data.text_dir', {'text_glob': '**/*.nothing'}),
+    ('data.tfds_name', {'tfds_name': 'mnist'}),
+    ('data.tfds_name', {'text_dir': '', 'tfds_name': 'no_such_dataset_ringlm'}),
+    ('data.tokenizer', {'tokenizer': 'wordpiece'}),
+    ('data.spm_model_type', {'spm_model_type': 'bytepair'}),
+    ('data.vocab_size', {'tokenizer': 'byte', 'vocab_size': 2048}),
+    ('data.vocab_size', {'vocab_size': 100}),
+    ('data.vocab_size', {'vocab_size': 60_000}),
+    ('data.validation_percent', {'validation_percent': 0}),
+    ('data.seq_len', {'seq_len': 1}),
+])
+def test_bad_config_raises_config_error_naming_the_key(cache_dir, text_dir, key, overrides):
+  config = make_config(cache_dir, text_dir)
+  config.data.update(overrides)
+  with pytest.raises(ConfigError) as error:
+    pipeline.make_dataset(config, 'train')
+  assert error.value.key == key and str(error.value).startswith(key) and '\n' not in str(error.value)
+
+
+def test_empty_text_dir_and_bad_split_and_batch_size(cache_dir, config, tmp_path):
+  with pytest.raises(ConfigError, match='^data.text_dir'):
+    pipeline.make_dataset(make_config(cache_dir, tmp_path), 'train')
+  with pytest.raises(ConfigError, match='^data.eval_split'):
+    pipeline.make_dataset(config, 'test')
+  with pytest.raises(ConfigError, match='^train.batch_size'):
+    pipeline.make_dataset(config, 'train', 1, 3).batch(0, 8)
