@@ -11,8 +11,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from configs.errors import ConfigError
+from train.loop import TrainingDiverged
 
-MODES = ('train', 'eval', 'estimate')
+MODES = ('train', 'eval', 'estimate', 'compare', 'scaling', 'fit')
 
 config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config file (a get_config() module).')
 flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics.jsonl, config.json.', required=True)
@@ -39,6 +40,7 @@ def _run(config, workdir: str, mode: str) -> None:
   import jax
 
   from configs.validate import validate
+  from experiments import compare, scaling
   from train import loop
 
   _init_distributed()
@@ -55,6 +57,12 @@ def _run(config, workdir: str, mode: str) -> None:
     result = loop.estimate(config, workdir)
     for k, v in result.items():
       print(f'{k:28s} {v:,}' if isinstance(v, int) else f'{k:28s} {v}')
+  elif mode == 'compare':
+    compare.run(config, workdir)
+  elif mode == 'scaling':
+    scaling.sweep(config, workdir)
+  elif mode == 'fit':
+    scaling.fit_only(config, workdir)
 
 
 def _fail(message: str) -> None:
@@ -84,6 +92,9 @@ def main(argv: list[str]) -> None:
     _run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except ConfigError as e:
     _fail(str(e))
+  except TrainingDiverged as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == '__main__':

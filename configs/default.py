@@ -68,6 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
   t.log_every = 10  # steps between metric lines
   t.eval_every = 200  # steps between evaluations; 0 = only at the end
   t.eval_batches = 8  # validation batches per evaluation
+  t.eval_probes = True  # also score the shared probes (train/probes.py) that compare objectives
   t.peak_flops_per_device = 0.0  # for MFU; 0 = look up by device kind (unknown kinds report no MFU)
 
   c.checkpoint = k = ml_collections.ConfigDict()
@@ -80,4 +81,19 @@ def get_config() -> ml_collections.ConfigDict:
   h.fsdp = 1  # parameter/optimizer sharding axis
   h.tensor = 1  # tensor-parallel axis (heads, MLP, vocab)
   h.sequence = 1  # sequence-parallel axis (ring attention)
+
+  c.compare = cmp = ml_collections.ConfigDict()
+  cmp.objectives = ('causal', 'prefix_lm', 'masked_lm')  # --mode=compare: objectives trained at the same FLOPs
+  cmp.flops_budget = 0.0  # --mode=compare: training FLOPs per objective; 0 = train.steps of the costliest one
+
+  c.scaling = s = ml_collections.ConfigDict()
+  s.flops = (1e12, 3e12, 1e13)  # --mode=scaling: compute budgets C in training FLOPs, one isoFLOP curve each
+  s.d_models = (64, 96, 128, 160, 192)  # widths trained at every budget; depth, heads and d_ff follow from the rule
+  s.aspect_ratio = 32  # width/depth rule: num_layers = max(1, round(d_model / aspect_ratio))
+  s.head_dim = 32  # width/depth rule: num_heads = num_kv_heads = d_model / head_dim
+  s.ffn_ratio = 3.0  # width/depth rule: d_ff = round(ffn_ratio * d_model)
+  s.warmup_fraction = 0.1  # each run warms up for this fraction of its steps; its cosine decays over all of them
+  s.points = ''  # --mode=fit: CSV with columns N, D, loss (C, run optional), e.g. a sweep's WORKDIR/scaling/points.csv
+  s.predict_flops = (1e18, 1e21, 5.76e23)  # budgets to predict N_opt, D_opt and loss at (5.76e23: Chinchilla's)
+  s.bootstrap = 100  # bootstrap refits behind the confidence intervals; 0 = point estimates only
   return c

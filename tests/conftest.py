@@ -6,3 +6,43 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')  # scipy's L-BFGS is faster single-threaded on 2 cores
+
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope='session')
+def corpus(tmp_path_factory) -> pathlib.Path:
+  """A folder of real text for fast end-to-end runs: 40 stdlib sources."""
+  from data import builders
+
+  root, out = builders.stdlib_root(), tmp_path_factory.mktemp('corpus_small')
+  for file in [f for f in builders.stdlib_files() if 3_000 < f.stat().st_size < 40_000][::10][:40]:
+    shutil.copy(file, out / file.relative_to(root).as_posix().replace('/', '_').replace('.py', '.txt'))
+  return out
+
+
+@pytest.fixture(scope='session')
+def small_run_flags(corpus, tmp_path_factory) -> list[str]:
+  """main.py flags for a small, fast model on `corpus` (data and tokenizer cached once per session)."""
+  cache = tmp_path_factory.mktemp('cache_small')
+  return ['--config=configs/tiny.py', f'--config.data.text_dir={corpus}', f'--config.data.cache_dir={cache}',
+          '--config.data.vocab_size=512', '--config.data.seq_len=64', '--config.model.num_layers=2',
+          '--config.train.batch_size=4', '--config.train.log_every=2', '--config.train.eval_every=3',
+          '--config.train.eval_batches=2', '--config.checkpoint.every_steps=3']
+
+
+def run_main(*flags: str, check: bool = True, devices: int = 1) -> subprocess.CompletedProcess:
+  """Run main.py as a user would, in a fresh process with `devices` fake CPU devices."""
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, 'main.py', *flags], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=600)
+  if check and proc.returncode != 0:
+    raise AssertionError(f'main.py failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-3000:]}')
+  return proc

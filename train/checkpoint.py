@@ -48,10 +48,24 @@ class Checkpointer:
 
   def restore(self, setup: StateSetup, step: int | None = None) -> State:
     step = self.latest_step() if step is None else step
-    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    try:
+      meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    except Exception as e:
+      raise self._unreadable(step, e) from e
     self._check_meta(meta, step)
-    restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(setup.abstract)))
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(setup.abstract)))
+    except Exception as e:  # orbax raises many types for missing or damaged files; all mean the same to a user
+      raise self._unreadable(step, e) from e
     return restored['state']
+
+  def _unreadable(self, step: int, error: Exception) -> ConfigError:
+    earlier = [s for s in self.manager.all_steps() if s < step]
+    path = os.path.join(self.directory, str(step))
+    fix = (f'move it aside (mv {path} {path}.bad) to resume from step {max(earlier)}' if earlier
+           else 'move it aside to start fresh, or use a new --workdir')
+    reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    return ConfigError('checkpoint', path, f'unreadable ({type(error).__name__}: {reason}); {fix}')
 
   def _check_meta(self, meta: dict, step: int) -> None:
     for key in ('objective', 'vocab_size', 'tokenizer', 'seq_len'):

@@ -7,12 +7,14 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from configs.errors import ConfigError
@@ -24,6 +26,7 @@ from train import checkpoint as checkpoint_lib
 from train import flops as flops_lib
 from train import optimizer as optimizer_lib
 from train import params as params_lib
+from train import probes
 from train import state as state_lib
 from train import step as step_lib
 from train.metrics import MetricsWriter, Progress, peak_flops_per_device
@@ -60,22 +63,40 @@ def make_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   if tok.vocab_size != config.data.vocab_size:
     raise ConfigError('data.vocab_size', config.data.vocab_size,
                       f'the {config.data.tokenizer} tokenizer has {tok.vocab_size} ids; set data.vocab_size to it')
-  spec = ObjectiveSpec(vocab_size=tok.vocab_size, pad_id=tok.pad_id, mask_id=tok.mask_id,
-                       num_special=tokenizers.NUM_SPECIAL)
+  spec = ObjectiveSpec.from_config(config.objectives, vocab_size=tok.vocab_size, pad_id=tok.pad_id,
+                                   mask_id=tok.mask_id, num_special=tokenizers.NUM_SPECIAL)
   return Run(config=config, workdir=workdir, mesh=mesh, train_data=train_data, eval_data=eval_data, spec=spec,
              setup=state_lib.build(config, mesh), is_main=pid == 0)
 
 
-def evaluate(run: Run, params, eval_step) -> dict[str, float]:
-  """Loss, perplexity, accuracy, bits/byte over the first `train.eval_batches` validation batches (fixed set)."""
+def make_probe_step(run: Run):
+  """The jitted shared-probe step (train/probes.py), or None where probes do not apply (ring attention)."""
+  if not run.config.train.eval_probes or run.config.model.attention == 'ring':
+    return None
+  fn = probes.make_probe_sums(run.setup.model_cfg, run.spec, run.token_bytes)
+  replicated = rules.replicated(run.mesh)
+  return jax.jit(fn, in_shardings=(run.setup.shardings['params'], rules.batch_sharding(run.mesh), replicated),
+                 out_shardings=replicated)
+
+
+def evaluate(run: Run, params, eval_step, probe_step=None) -> dict[str, float]:
+  """The objective's own loss, perplexity, accuracy and bits/byte, plus the shared probes, over the first
+  `train.eval_batches` validation batches (the same batches and noise every time, so evaluations compare)."""
   cfg = run.config
   total: dict[str, float] = {}
+  probe_total: dict[str, float] = {}
   for i in range(cfg.train.eval_batches):
     batch = run.global_batch(run.eval_data.batch(i, cfg.train.batch_size))
     rng = jax.random.fold_in(jax.random.PRNGKey(cfg.seed + 1), i)
     sums = jax.device_get(eval_step(params, batch, rng))
     total = {k: total.get(k, 0.0) + float(v) for k, v in sums.items()}
-  return step_lib.summarize(total, 'eval')
+    if probe_step is not None:
+      sums = jax.device_get(probe_step(params, batch, rng))
+      probe_total = {k: probe_total.get(k, 0.0) + float(v) for k, v in sums.items()}
+  result = step_lib.summarize(total, 'eval')
+  if probe_total:
+    result |= probes.summarize(probe_total)
+  return result
 
 
 def skips_causal_blocks(config: ml_collections.ConfigDict) -> bool:
@@ -89,59 +110,114 @@ def flops_per_token(run: Run) -> float:
                                    causal_skip=skips_causal_blocks(cfg))
 
 
+class TrainingDiverged(RuntimeError):
+  """A non-finite loss or gradient: training stops before saving it, so the last checkpoint stays good."""
+
+
+class Preemption:
+  """SIGTERM (as a preemptible TPU VM or SLURM sends) or Ctrl-C asks the loop to save and exit after this step.
+
+  A second Ctrl-C interrupts at once. With several processes, JAX's preemption sync point makes them all stop at
+  the same step.
+  """
+
+  def __init__(self):
+    self._requested = False
+    self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    self._requested = True
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, signal.default_int_handler)
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step) or self._requested
+    return self._requested
+
+  def close(self) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _initial_state(run: Run, ckpt: checkpoint_lib.Checkpointer) -> dict:
+  if ckpt.latest_step() is not None:
+    return ckpt.restore(run.setup)
+  state = run.setup.init()
+  if run.config.checkpoint.init_from:
+    state['params'] = checkpoint_lib.load_params(run.config.checkpoint.init_from, run.setup)
+  return state
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Train to `train.steps`, resuming from the latest checkpoint in workdir/checkpoints. Returns the last eval."""
+  """Train to `train.steps`, resuming from the latest checkpoint in workdir/checkpoints. Returns the last eval.
+
+  The batch for step k depends only on (seed, k) and the objective's noise on (seed, k), so a resumed run repeats
+  exactly what an uninterrupted one does.
+  """
   run = make_run(config, workdir)
-  cfg, t = config, config.train
-  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), cfg)
-  with jax.set_mesh(run.mesh):
-    if ckpt.latest_step() is not None:
-      state = ckpt.restore(run.setup)
-    else:
-      state = run.setup.init()
-      if cfg.checkpoint.init_from:
-        state['params'] = checkpoint_lib.load_params(cfg.checkpoint.init_from, run.setup)
-    start = int(jax.device_get(state['step']))
-    schedule = optimizer_lib.learning_rate_schedule(t)
-    train_step = step_lib.make_train_step(run.setup, run.mesh, cfg.objective, run.spec, run.token_bytes, schedule)
-    eval_step = step_lib.make_eval_step(run.setup, run.mesh, cfg.objective, run.spec, run.token_bytes)
-    writer = MetricsWriter(workdir, run.is_main)
-    progress = Progress(t.steps, start, run.is_main)
-    if run.is_main:
-      print(f'{"resuming at" if start else "starting"} step {start}/{t.steps}: '
-            f'{params_lib.count(state["params"]):,} params, mesh {dict(run.mesh.shape)}', flush=True)
-    tokens_per_step = t.batch_size * cfg.data.seq_len
-    peak = peak_flops_per_device(t.peak_flops_per_device)
-    fpt = flops_per_token(run)
-    last_eval: dict[str, float] = {}
-    tick, tick_step = time.time(), start
-    for step in range(start, t.steps):
-      state, metrics = train_step(state, run.global_batch(run.train_data.batch(step, t.batch_size)))
-      done = step + 1
-      is_last = done == t.steps
-      if done % t.log_every == 0 or is_last or done % cfg.checkpoint.every_steps == 0:
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not (math.isfinite(metrics['train/loss']) and math.isfinite(metrics['train/grad_norm'])):
-          raise FloatingPointError(f'non-finite loss or gradient at step {done}; the last checkpoint '
-                                   f'(step {ckpt.latest_step()}) is intact: lower train.learning_rate and resume')
-        now = time.time()
-        tps = tokens_per_step * (done - tick_step) / max(now - tick, 1e-9)
-        tick, tick_step = now, done
-        metrics['perf/tokens_per_sec'] = tps
-        if peak:
-          metrics['perf/mfu'] = tps * fpt / (peak * jax.device_count())
-        writer.write(done, metrics)
-        progress.line(done, metrics['train/loss'], tps)
-      if (t.eval_every and done % t.eval_every == 0) or is_last:
-        last_eval = evaluate(run, state['params'], eval_step)
-        writer.write(done, last_eval)
-        if run.is_main:
-          print('  ' + '  '.join(f'{k} {v:.4f}' for k, v in last_eval.items()), flush=True)
-        tick = time.time()
-      if done % cfg.checkpoint.every_steps == 0 or is_last:
-        ckpt.save(done, state, force=True)
-    ckpt.close()
-    writer.close()
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config)
+  preemption = Preemption()
+  try:
+    with jax.set_mesh(run.mesh):
+      return _train_loop(run, ckpt, preemption)
+  finally:
+    preemption.close()
+    ckpt.close()  # waits for an in-flight async save, so a crash after a save still leaves it complete
+
+
+def _train_loop(run: Run, ckpt: checkpoint_lib.Checkpointer, preemption: Preemption) -> dict[str, float]:
+  cfg, t = run.config, run.config.train
+  state = _initial_state(run, ckpt)
+  start = int(jax.device_get(state['step']))
+  schedule = optimizer_lib.learning_rate_schedule(t)
+  train_step = step_lib.make_train_step(run.setup, run.mesh, cfg.objective, run.spec, run.token_bytes, schedule)
+  eval_step = step_lib.make_eval_step(run.setup, run.mesh, cfg.objective, run.spec, run.token_bytes)
+  probe_step = make_probe_step(run)
+  writer = MetricsWriter(run.workdir, run.is_main, resume_step=start)
+  progress = Progress(t.steps, start, run.is_main)
+  if run.is_main:
+    print(f'{"resuming at" if start else "starting"} step {start}/{t.steps}: '
+          f'{params_lib.count(state["params"]):,} params, mesh {dict(run.mesh.shape)}', flush=True)
+  tokens_per_step = t.batch_size * cfg.data.seq_len
+  peak = peak_flops_per_device(t.peak_flops_per_device)
+  fpt = flops_per_token(run)
+  last_eval: dict[str, float] = {}
+  tick, tick_step = time.time(), start
+  for step in range(start, t.steps):
+    state, metrics = train_step(state, run.global_batch(run.train_data.batch(step, t.batch_size)))
+    done = step + 1
+    is_last = done == t.steps
+    preempted = preemption.should_stop(done)
+    saving = done % cfg.checkpoint.every_steps == 0 or is_last or preempted
+    if done % t.log_every == 0 or saving:
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if not (math.isfinite(metrics['train/loss']) and math.isfinite(metrics['train/grad_norm'])):
+        raise TrainingDiverged(f'non-finite loss or gradient at step {done}; the last checkpoint (step '
+                               f'{ckpt.latest_step()}) is intact: lower train.learning_rate and resume from it')
+      now = time.time()
+      tps = tokens_per_step * (done - tick_step) / max(now - tick, 1e-9)
+      tick, tick_step = now, done
+      metrics['perf/tokens_per_sec'] = tps
+      if peak:
+        metrics['perf/mfu'] = tps * fpt / (peak * jax.device_count())
+      writer.write(done, metrics)
+      progress.line(done, metrics['train/loss'], tps)
+    if (t.eval_every and done % t.eval_every == 0) or is_last:
+      last_eval = evaluate(run, state['params'], eval_step, probe_step)
+      writer.write(done, last_eval)
+      if run.is_main:
+        print('  ' + '  '.join(f'{k} {v:.4f}' for k, v in last_eval.items() if k.startswith('eval/')), flush=True)
+      tick = time.time()
+    if saving:
+      ckpt.save(done, state, force=True)
+    if preempted:
+      ckpt.wait()
+      if run.is_main:
+        print(f'preempted: saved step {done}; run the same command again to resume', flush=True)
+      break
+  writer.close()
   return last_eval
 
 
@@ -155,7 +231,7 @@ def eval_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, floa
   with jax.set_mesh(run.mesh):
     state = ckpt.restore(run.setup, step)
     eval_step = step_lib.make_eval_step(run.setup, run.mesh, config.objective, run.spec, run.token_bytes)
-    result = evaluate(run, state['params'], eval_step)
+    result = evaluate(run, state['params'], eval_step, make_probe_step(run))
   ckpt.close()
   writer = MetricsWriter(workdir, run.is_main)
   writer.write(step, result)
@@ -168,8 +244,8 @@ def estimate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
   mesh = build_mesh(config.mesh)
   setup = state_lib.build(config, mesh)
   vocab = config.data.vocab_size
-  spec = ObjectiveSpec(vocab_size=vocab, pad_id=tokenizers.PAD_ID, mask_id=tokenizers.MASK_ID,
-                       num_special=tokenizers.NUM_SPECIAL)
+  spec = ObjectiveSpec.from_config(config.objectives, vocab_size=vocab, pad_id=tokenizers.PAD_ID,
+                                   mask_id=tokenizers.MASK_ID, num_special=tokenizers.NUM_SPECIAL)
   with jax.set_mesh(mesh):
     schedule = optimizer_lib.learning_rate_schedule(config.train)
     step = step_lib.make_train_step(setup, mesh, config.objective, spec, np.ones(vocab, np.int32), schedule)

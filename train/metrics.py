@@ -28,12 +28,21 @@ def peak_flops_per_device(configured: float) -> float | None:
 
 
 class MetricsWriter:
-  def __init__(self, workdir: str, enabled: bool):
+  """Appends to metrics.jsonl; on resume it first drops rows past the checkpoint's step, which the resumed run
+  writes again, so each step appears once."""
+
+  def __init__(self, workdir: str, enabled: bool, resume_step: int | None = None):
     self.enabled = enabled
     self._tb = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      path = os.path.join(workdir, 'metrics.jsonl')
+      if resume_step is not None and os.path.exists(path):
+        with open(path) as f:
+          kept = [line for line in f if line.strip() and json.loads(line)['step'] <= resume_step]
+        with open(path, 'w') as f:
+          f.writelines(kept)
+      self._jsonl = open(path, 'a')
       self._tb = tensorboardX.SummaryWriter(workdir, flush_secs=30)
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
