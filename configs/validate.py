@@ -42,6 +42,7 @@ def _validate_objectives(o: ml_collections.ConfigDict) -> None:
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  from data import pipeline  # data.* checks that need no corpus
   from train import objectives  # registry of implemented objectives (may be a subset of CHOICES)
 
   for key in POSITIVE:
@@ -80,5 +81,4 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                       f'must be divisible by mesh.data x mesh.fsdp = {shards}')
   if d.seq_len % sizes['sequence']:
     raise ConfigError('data.seq_len', d.seq_len, f'must be divisible by mesh.sequence={sizes["sequence"]}')
-  if d.text_dir and d.tfds_name:
-    raise ConfigError('data.tfds_name', d.tfds_name, 'set either data.text_dir or data.tfds_name, not both')
+  pipeline.check_config(config)
