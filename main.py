@@ -13,7 +13,7 @@ from ml_collections import config_flags
 from configs.errors import ConfigError
 from train.loop import TrainingDiverged
 
-MODES = ('train', 'eval', 'estimate', 'compare', 'scaling', 'fit')
+MODES = ('train', 'eval', 'sample', 'estimate', 'compare', 'scaling', 'fit')
 
 config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config file (a get_config() module).')
 flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics.jsonl, config.json.', required=True)
@@ -53,6 +53,9 @@ def _run(config, workdir: str, mode: str) -> None:
     loop.train(config, workdir)
   elif mode == 'eval':
     print(json.dumps(loop.eval_only(config, workdir)))
+  elif mode == 'sample':
+    for i, text in enumerate(loop.sample_only(config, workdir)):
+      print(f'--- sample {i} ---\n{text}')
   elif mode == 'estimate':
     result = loop.estimate(config, workdir)
     for k, v in result.items():

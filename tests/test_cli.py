@@ -32,6 +32,11 @@ def test_train_resume_eval_estimate(small_run_flags, tmp_path):
   out = run_main(*small_run_flags, f'--workdir={workdir}', '--mode=eval').stdout
   assert json.loads(out.strip().splitlines()[-1])['eval/loss'] == pytest.approx(read_metrics(workdir)[-1]['eval/loss'])
 
+  out = run_main(*small_run_flags, f'--workdir={workdir}', '--mode=sample', '--config.sample.prompt=import os',
+                 '--config.sample.max_new_tokens=8').stdout
+  samples = out.split('--- sample ')[1:]
+  assert len(samples) == 2 and all(s.split('\n', 1)[1].startswith('import os') for s in samples)
+
   run_main(*small_run_flags, f'--workdir={workdir}', '--mode=estimate')
   estimate = json.loads((workdir / 'estimate.json').read_text())
   assert estimate['params'] > 0 and estimate['flops_per_token'] > 6 * estimate['params_non_embedding']

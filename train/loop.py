@@ -239,6 +239,23 @@ def eval_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, floa
   return result
 
 
+def sample_only(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """Samples from the latest checkpoint in workdir (see train/sample.py)."""
+  from train import sample as sample_lib
+
+  mesh = build_mesh(config.mesh)
+  setup = state_lib.build(config, mesh)
+  tokenizer = pipeline.make_dataset(config, config.data.train_split).tokenizer
+  ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config)
+  if ckpt.latest_step() is None:
+    raise ConfigError('--workdir', workdir, 'no checkpoint to sample from there; train first (--mode=train)')
+  with jax.set_mesh(mesh):
+    params = ckpt.restore(setup)['params']
+    texts = sample_lib.sample(setup, params, tokenizer, config)
+  ckpt.close()
+  return texts
+
+
 def estimate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Params, FLOPs per token and the compiled train step's per-device memory, without data or training."""
   mesh = build_mesh(config.mesh)
