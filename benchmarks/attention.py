@@ -1,0 +1,118 @@
+"""Attention paths compared: fwd+bwd compiled temp memory (per device), median step time, longest length under a cap.
+
+  .venv/bin/python benchmarks/attention.py --seq_lens=1024,2048,4096,8192 --paths=vanilla,blockwise,ring
+
+Prints one JSON object per line. On CPU, ring runs on 8 fake host devices (set before jax is imported), so its
+times measure overhead, not speed-up; its memory is per device, which is what the ring saves.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+from models.attention import AttentionMask, attend  # noqa: E402
+
+AXES = ('data', 'fsdp', 'tensor', 'sequence')
+
+
+def make_mask(kind: str, batch: int, seq_len: int) -> AttentionMask:
+  mask = AttentionMask.causal(batch, seq_len)
+  if kind == 'bidirectional':
+    mask = AttentionMask(mask.segment_ids, mask.positions, jnp.ones((batch, seq_len), bool))
+  return mask
+
+
+def build(args: argparse.Namespace, path: str, seq_len: int):
+  """(compiled fwd+bwd step, its inputs, mesh or None); ring runs on a sequence-only mesh over every device."""
+  dtype = jnp.dtype(args.dtype)
+  shapes = [(args.batch, seq_len, h, args.head_dim) for h in (args.heads, args.kv_heads, args.kv_heads, args.heads)]
+  keys = jax.random.split(jax.random.key(0), 4)
+  q, k, v, do = (jax.random.normal(key, shape, dtype) for key, shape in zip(keys, shapes))
+  mask = make_mask(args.mask, args.batch, seq_len)
+
+  def step(q, k, v, do, mask):
+    loss = lambda q, k, v: (attend(q, k, v, mask, kind=path, q_block=args.q_block, kv_block=args.kv_block) * do).astype(
+        jnp.float32).sum()
+    return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+  mesh = None
+  inputs = (q, k, v, do, mask)
+  if path == 'ring':
+    mesh = jax.make_mesh((1, 1, 1, jax.device_count()), AXES)
+    sharded = NamedSharding(mesh, P(None, 'sequence'))
+    inputs = jax.device_put(inputs, sharded)
+  with jax.set_mesh(mesh) if mesh else contextlib.nullcontext():
+    compiled = jax.jit(step).lower(*inputs).compile()
+  return compiled, inputs, mesh
+
+
+def temp_bytes(args: argparse.Namespace, path: str, seq_len: int) -> int:
+  return build(args, path, seq_len)[0].memory_analysis().temp_size_in_bytes
+
+
+def measure(args: argparse.Namespace, path: str, seq_len: int) -> dict:
+  compiled, inputs, mesh = build(args, path, seq_len)
+  times = []
+  with jax.set_mesh(mesh) if mesh else contextlib.nullcontext():
+    if args.runs:
+      jax.block_until_ready(compiled(*inputs))  # warm-up
+    for _ in range(args.runs):
+      start = time.perf_counter()
+      jax.block_until_ready(compiled(*inputs))
+      times.append(time.perf_counter() - start)
+  memory = compiled.memory_analysis()
+  return dict(path=path, seq_len=seq_len, temp_bytes_per_device=memory.temp_size_in_bytes,
+              argument_bytes_per_device=memory.argument_size_in_bytes,
+              median_s=statistics.median(times) if times else None, devices=mesh.size if mesh else 1)
+
+
+def max_seq_len(args: argparse.Namespace, path: str) -> dict:
+  """Longest power-of-two multiple of the block lengths whose compiled temp memory fits under the cap."""
+  chunks = 2 * jax.device_count() if path == 'ring' else 1  # ring: two zig-zag chunks per device
+  cap, seq_len, best = args.memory_cap_gb * 2**30, max(args.q_block, args.kv_block) * chunks, None
+  while seq_len <= args.max_search_len and temp_bytes(args, path, seq_len) <= cap:
+    best, seq_len = seq_len, seq_len * 2
+  return dict(path=path, memory_cap_gb=args.memory_cap_gb, max_seq_len=best)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--seq_lens', default='1024,2048,4096,8192')
+  parser.add_argument('--paths', default='vanilla,blockwise,ring')
+  parser.add_argument('--batch', type=int, default=1)
+  parser.add_argument('--heads', type=int, default=8)
+  parser.add_argument('--kv_heads', type=int, default=8)
+  parser.add_argument('--head_dim', type=int, default=64)
+  parser.add_argument('--q_block', type=int, default=128)
+  parser.add_argument('--kv_block', type=int, default=128)
+  parser.add_argument('--mask', default='causal', choices=('causal', 'bidirectional'))
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
+  parser.add_argument('--runs', type=int, default=3, help='timed runs after one warm-up; 0 = compile only')
+  parser.add_argument('--memory_cap_gb', type=float, default=0.0, help='> 0: also search the longest fitting length')
+  parser.add_argument('--max_search_len', type=int, default=2**20)
+  args = parser.parse_args()
+  config = dict(batch=args.batch, heads=args.heads, kv_heads=args.kv_heads, head_dim=args.head_dim, mask=args.mask,
+                dtype=args.dtype, q_block=args.q_block, kv_block=args.kv_block, backend=jax.default_backend())
+  paths = args.paths.split(',')
+  for seq_len in map(int, args.seq_lens.split(',')):
+    for path in paths:
+      print(json.dumps({**measure(args, path, seq_len), **config}), flush=True)
+  if args.memory_cap_gb > 0:
+    for path in paths:
+      print(json.dumps({**max_seq_len(args, path), **config}), flush=True)
+
+
+if __name__ == '__main__':
+  main()
