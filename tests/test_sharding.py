@@ -1,5 +1,6 @@
-"""Sharded training on 8 fake CPU devices: every mesh gives the single-device losses, and parameter layouts match
-the checked-in golden table (regenerate it on purpose with `python -m tests.test_sharding`)."""
+"""Sharded training on 8 fake CPU devices: every mesh and attention path gives the single-device vanilla losses
+(float32, 1e-5 relative), and parameter layouts match the checked-in golden table (regenerate it on purpose with
+`python -m tests.test_sharding --regenerate`)."""
 
 import json
 import os
@@ -80,6 +81,16 @@ def reference_losses():
 def test_mesh_gives_single_device_losses(name, reference_losses):
   losses = train_losses(config_for(MESHES[name]), jax.devices())
   np.testing.assert_allclose(losses, reference_losses, rtol=1e-5)
+
+
+@pytest.mark.parametrize('model', [dict(attention='blockwise'), dict(attention='blockwise', ffn='blockwise')])
+def test_attention_paths_give_vanilla_losses(model, reference_losses):
+  """A few training steps with blockwise attention / BPT match vanilla (ring is covered by the sequence meshes)."""
+  config = config_for({})
+  config.model.ffn_block = 16
+  for k, v in model.items():
+    config.model[k] = v
+  np.testing.assert_allclose(train_losses(config, jax.devices()[:1]), reference_losses, rtol=1e-5)
 
 
 @pytest.mark.parametrize('name', MESHES)
