@@ -39,6 +39,9 @@ class Dataset(Protocol):
   def batch(self, step: int, global_batch_size: int) -> dict[str, np.ndarray]:
     """This process's rows of global batch `step`: tokens, segment_ids, positions, each [B / P, S] int32."""
 
+  def unigram_entropy(self) -> float | None:
+    """Entropy of the split's token frequencies (nats/token); None when streamed."""
+
 
 def check_config(config) -> None:
   """Every data.* check that needs no corpus; main.py can call this before anything compiles."""
@@ -114,6 +117,16 @@ class LocalDataset:
       self._perms[epoch] = np.random.default_rng([self._seed, epoch]).permutation(self.num_rows)
     return self._perms[epoch]
 
+  def unigram_entropy(self) -> float:
+    """Entropy (nats/token) of the split's token frequencies: the loss of the best model that ignores context.
+
+    A language model's loss should end far below it; bos tokens are left out (their position makes them free).
+    """
+    tokens = self._rows['tokens'][self._rows['segment_ids'] != 0]
+    counts = np.bincount(tokens[tokens != self.tokenizer.bos_id], minlength=self.tokenizer.vocab_size)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
   def batch(self, step: int, global_batch_size: int) -> dict[str, np.ndarray]:
     if step < 0:
       raise ValueError(f'step {step} < 0')
@@ -132,6 +145,9 @@ class StreamingDataset:
   """This process's slice of a catalogue split, packed as read, repeated endlessly (see the module docstring)."""
 
   num_rows = None
+
+  def unigram_entropy(self) -> None:
+    return None  # would need the whole split
 
   def __init__(self, tokenizer: tokenizers.Tokenizer, corpus: sources.Corpus, split: str, seq_len: int,
                process_index: int, process_count: int):

@@ -195,7 +195,6 @@ def test_train_step_lowers_the_objective_loss_on_a_fixed_batch(objective):
   config.model.d_ff, config.data.vocab_size, config.data.seq_len = 64, V, S
   config.train.batch_size, config.train.steps, config.train.warmup_steps = B, steps, 0
   config.train.learning_rate, config.mesh.data, config.objective = 1e-2, 1, objective
-  validate(config, 1)
   mesh = build_mesh(config.mesh, jax.devices()[:1])
   setup = state_lib.build(config, mesh)
   spec = ObjectiveSpec.from_config(config.objectives, vocab_size=V, pad_id=0, mask_id=3, num_special=8)

@@ -180,6 +180,10 @@ def _train_loop(run: Run, ckpt: checkpoint_lib.Checkpointer, preemption: Preempt
   if run.is_main:
     print(f'{"resuming at" if start else "starting"} step {start}/{t.steps}: '
           f'{params_lib.count(state["params"]):,} params, mesh {dict(run.mesh.shape)}', flush=True)
+    entropy = run.eval_data.unigram_entropy()
+    if entropy is not None:
+      print(f'validation unigram entropy {entropy:.4f} nats/token (the loss of a model that ignores context)',
+            flush=True)
   tokens_per_step = t.batch_size * cfg.data.seq_len
   peak = peak_flops_per_device(t.peak_flops_per_device)
   fpt = flops_per_token(run)
