@@ -63,16 +63,18 @@ def temp_bytes(args: argparse.Namespace, path: str, seq_len: int) -> int:
 
 
 def measure(args: argparse.Namespace, path: str, seq_len: int) -> dict:
+  """Memory always; times only when the temp memory is under --run_cap_gb (compiling never allocates it)."""
   compiled, inputs, mesh = build(args, path, seq_len)
+  memory = compiled.memory_analysis()
+  runs = args.runs if memory.temp_size_in_bytes <= args.run_cap_gb * 2**30 else 0
   times = []
   with jax.set_mesh(mesh) if mesh else contextlib.nullcontext():
-    if args.runs:
+    if runs:
       jax.block_until_ready(compiled(*inputs))  # warm-up
-    for _ in range(args.runs):
+    for _ in range(runs):
       start = time.perf_counter()
       jax.block_until_ready(compiled(*inputs))
       times.append(time.perf_counter() - start)
-  memory = compiled.memory_analysis()
   return dict(path=path, seq_len=seq_len, temp_bytes_per_device=memory.temp_size_in_bytes,
               argument_bytes_per_device=memory.argument_size_in_bytes,
               median_s=statistics.median(times) if times else None, devices=mesh.size if mesh else 1)
@@ -100,6 +102,8 @@ def main() -> None:
   parser.add_argument('--mask', default='causal', choices=('causal', 'bidirectional'))
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
   parser.add_argument('--runs', type=int, default=3, help='timed runs after one warm-up; 0 = compile only')
+  parser.add_argument('--run_cap_gb', type=float, default=4.0,
+                      help='paths whose compiled temp memory exceeds this only compile (protects host memory)')
   parser.add_argument('--memory_cap_gb', type=float, default=0.0, help='> 0: also search the longest fitting length')
   parser.add_argument('--max_search_len', type=int, default=2**20)
   args = parser.parse_args()
