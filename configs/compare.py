@@ -13,7 +13,7 @@ def get_config():
   c.train.steps = 600
   c.train.warmup_steps = 50
   c.train.log_every = 50
-  c.train.eval_every = 60
+  c.train.eval_every = 100
   c.train.eval_batches = 8
-  c.checkpoint.every_steps = 120
+  c.checkpoint.every_steps = 200
   return c
