@@ -82,15 +82,22 @@ def get_config() -> ml_collections.ConfigDict:
   h.tensor = 1  # tensor-parallel axis (heads, MLP, vocab)
   h.sequence = 1  # sequence-parallel axis (ring attention)
 
-  c.compare = cmp = ml_collections.ConfigDict()
-  cmp.objectives = ('causal', 'prefix_lm', 'masked_lm')  # --mode=compare: objectives trained at the same FLOPs
-  cmp.flops_budget = 0.0  # --mode=compare: training FLOPs per objective; 0 = train.steps of the costliest one
+  c.sample = g = ml_collections.ConfigDict()
+  g.prompt = 'def '  # --mode=sample: text each sample continues
+  g.max_new_tokens = 64  # --mode=sample: tokens generated per sample (stops early at end of document)
+  g.temperature = 0.8  # --mode=sample: softmax temperature; 0 = greedy
+  g.top_k = 40  # --mode=sample: sample among the k most likely tokens; 0 = all
+  g.num_samples = 2  # --mode=sample: samples drawn, each from its own key
+
+  c.compare = p = ml_collections.ConfigDict()
+  p.objectives = ('causal', 'prefix_lm', 'masked_lm')  # --mode=compare: objectives trained at the same FLOPs
+  p.flops_budget = 0.0  # --mode=compare: training FLOPs per objective; 0 = train.steps of the costliest one
 
   c.scaling = s = ml_collections.ConfigDict()
-  s.flops = (1e12, 3e12, 1e13)  # --mode=scaling: compute budgets C in training FLOPs, one isoFLOP curve each
-  s.d_models = (64, 96, 128, 160, 192)  # widths trained at every budget; depth, heads and d_ff follow from the rule
-  s.aspect_ratio = 32  # width/depth rule: num_layers = max(1, round(d_model / aspect_ratio))
-  s.head_dim = 32  # width/depth rule: num_heads = num_kv_heads = d_model / head_dim
+  s.flops = (3e11, 1e12, 3e12)  # --mode=scaling: compute budgets C in training FLOPs, one isoFLOP curve each
+  s.d_models = (24, 48, 72, 96, 120)  # widths trained at every budget; depth, heads and d_ff follow from the rule
+  s.aspect_ratio = 24  # width/depth rule: num_layers = max(1, round(d_model / aspect_ratio))
+  s.head_dim = 24  # width/depth rule: num_heads = num_kv_heads = d_model / head_dim
   s.ffn_ratio = 3.0  # width/depth rule: d_ff = round(ffn_ratio * d_model)
   s.warmup_fraction = 0.1  # each run warms up for this fraction of its steps; its cosine decays over all of them
   s.points = ''  # --mode=fit: CSV with columns N, D, loss (C, run optional), e.g. a sweep's WORKDIR/scaling/points.csv

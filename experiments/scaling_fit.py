@@ -212,7 +212,8 @@ def fit_chinchilla(N: Sequence[float], D: Sequence[float], L: Sequence[float], *
 
   `grid` lists the start values of (a, b, e, alpha, beta); the objective is evaluated on their product and L-BFGS
   refines the `starts` best (None: every grid point, as in the paper; the best few reach the same optimum much
-  faster). Each of `bootstrap` refits resamples the runs with replacement, warm-started at the full-data optimum too.
+  faster). Each of `bootstrap` refits resamples the runs with replacement, warm-started at the full-data optimum too;
+  refits that diverge (non-finite, or a log-coefficient past exp's range) are dropped, and `samples` keeps the rest.
   """
   N, D, L = (np.asarray(x, dtype=float) for x in (N, D, L))
   _check(N, D, L, f'{len(N)} runs')
@@ -224,7 +225,8 @@ def fit_chinchilla(N: Sequence[float], D: Sequence[float], L: Sequence[float], *
   for _ in range(bootstrap):
     i = rng.integers(0, len(N), len(N))
     t, _ = _fit_once(logN[i], logD[i], logL[i], delta, grid_GP, starts, extra_start=theta)
-    samples.append(_natural(t))
+    if np.all(np.isfinite(t)) and np.all(np.abs(t[:3]) < 700):  # a resample can run off to exp() overflow: drop it
+      samples.append(_natural(t))
   E, A, B, alpha, beta = _natural(theta)
   return ChinchillaFit(E=E, A=A, B=B, alpha=alpha, beta=beta, objective=value,
                        samples=np.array(samples).reshape(-1, NUM_PARAMS), ci=ci, points=Points(N=N, D=D, loss=L))
