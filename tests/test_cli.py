@@ -19,7 +19,7 @@ def test_train_resume_eval_estimate(small_run_flags, tmp_path):
   train_rows = [r for r in rows if 'train/loss' in r]
   eval_rows = [r for r in rows if 'eval/loss' in r]
   assert [r['step'] for r in train_rows] == [2, 3, 4, 6]
-  assert [r['step'] for r in eval_rows] == [3, 6]
+  assert [r['step'] for r in eval_rows] == [0, 3, 6]
   assert {'perf/tokens_per_sec', 'train/grad_norm', 'train/lr'} <= set(train_rows[0])
   assert {'eval/perplexity', 'eval/accuracy', 'eval/bits_per_byte'} <= set(eval_rows[0])
   assert json.loads((workdir / 'config.json').read_text())['train']['steps'] == 6

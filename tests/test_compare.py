@@ -27,7 +27,7 @@ def test_compare_writes_every_file_and_rerun_skips(small_run_flags, tmp_path):
     assert r['steps'] == 4 and r['training_flops'] == pytest.approx(results['flops_budget'])
     assert {'eval/loss', 'eval/accuracy'} | {f'probe/{p}/{m}' for p in probes.READINGS
                                              for m in ('loss', 'perplexity', 'accuracy', 'bits_per_byte')} <= set(r)
-    assert [c['step'] for c in r['curve']] == [2, 4]
+    assert [c['step'] for c in r['curve']] == [0, 2, 4]
     assert (root / name / 'metrics.jsonl').exists() and (root / name / 'config.json').exists()
   table = (root / 'results.md').read_text()
   for name in OBJECTIVES:

@@ -188,6 +188,8 @@ def _train_loop(run: Run, ckpt: checkpoint_lib.Checkpointer, preemption: Preempt
   peak = peak_flops_per_device(t.peak_flops_per_device)
   fpt = flops_per_token(run)
   last_eval: dict[str, float] = {}
+  if start == 0 and t.eval_every:  # the untrained baseline, so curves start where training starts
+    writer.write(0, evaluate(run, state['params'], eval_step, probe_step))
   tick, tick_step = time.time(), start
   for step in range(start, t.steps):
     state, metrics = train_step(state, run.global_batch(run.train_data.batch(step, t.batch_size)))
