@@ -95,25 +95,55 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch():
   assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_checkpoint_round_trip_and_restore_onto_another_mesh(tmp_path):
+def _eval_loss(config, setup, mesh, params) -> float:
+  eval_step = step_lib.make_eval_step(setup, mesh, 'causal', SPEC, np.ones(V, np.int32))
+  batch = {k: np.concatenate([v, v]) for k, v in packed_batch(seed=1).items()}  # 8 rows: divisible by any mesh
+  sums = jax.device_get(eval_step(params, batch, jax.random.PRNGKey(0)))
+  return float(sums['loss'] / sums['weight'])
+
+
+def test_checkpoint_saved_on_data8_restores_onto_other_meshes(tmp_path):
+  """Saved on data=8 after a few steps; restored bitwise on three other meshes, with the same eval loss."""
+  config = small_config(data=8)
+  config.train.batch_size = 8
+  mesh, setup = _setup(config, jax.devices())
+  step = step_lib.make_train_step(setup, mesh, 'causal', SPEC, np.ones(V, np.int32),
+                                  optimizer_lib.learning_rate_schedule(config.train))
+  state = setup.init()
+  batch = {k: np.concatenate([v, v]) for k, v in packed_batch().items()}
+  for _ in range(3):
+    state, _ = step(state, batch)
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), config)
+  ckpt.save(3, state, force=True)
+  ckpt.close()
+  expected = _eval_loss(config, setup, mesh, state['params'])
+
+  for mesh_axes, devices in ((dict(fsdp=4, tensor=2), jax.devices()), (dict(data=2, fsdp=2, tensor=2), jax.devices()),
+                             ({}, jax.devices()[:1])):
+    other = small_config(**mesh_axes)
+    other_mesh, other_setup = _setup(other, devices)
+    moved = checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), other).restore(other_setup)
+    assert int(moved['step']) == 3
+    for a, b in zip(jax.tree.leaves(moved), jax.tree.leaves(state), strict=True):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    wq = moved['params']['blocks'][0]['attn']['wq_DHE']
+    assert wq.sharding == other_setup.shardings['params']['blocks'][0]['attn']['wq_DHE']
+    assert _eval_loss(other, other_setup, other_mesh, moved['params']) == pytest.approx(expected, rel=1e-5)
+
+
+def test_init_from_takes_params_only(tmp_path):
   config = small_config()
   _, setup = _setup(config, jax.devices()[:1])
-  state = setup.init()
-  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), config)
-  ckpt.save(7, state, force=True)
+  source = setup.init()
+  source['step'] = source['step'] + 5
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'source'), config)
+  ckpt.save(5, source, force=True)
   ckpt.close()
-
-  restored = checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), config).restore(setup)
-  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+  params = checkpoint_lib.load_params(str(tmp_path / 'source'), setup)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(source['params']), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-  other = small_config(data=2, fsdp=2, tensor=2)
-  _, other_setup = _setup(other, jax.devices())
-  moved = checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), other).restore(other_setup)
-  for a, b in zip(jax.tree.leaves(moved), jax.tree.leaves(state)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  wq = moved['params']['blocks'][0]['attn']['wq_DHE']
-  assert wq.sharding.spec == jax.sharding.PartitionSpec('fsdp', 'tensor', None)
+  with pytest.raises(ConfigError, match='checkpoint.init_from'):
+    checkpoint_lib.load_params(str(tmp_path / 'nothing'), setup)
 
 
 def test_checkpoint_of_another_shape_is_a_clear_error(tmp_path):
