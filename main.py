@@ -59,7 +59,7 @@ def _run(config, workdir: str, mode: str) -> None:
   elif mode == 'estimate':
     result = loop.estimate(config, workdir)
     for k, v in result.items():
-      print(f'{k:28s} {v:,}' if isinstance(v, int) else f'{k:28s} {v}')
+      print(f'{k:36s} {v:,}' if isinstance(v, int) else f'{k:36s} {v}')
   elif mode == 'compare':
     compare.run(config, workdir)
   elif mode == 'scaling':

@@ -262,8 +262,18 @@ def sample_only(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
   return texts
 
 
+def _bytes_per_device(tree) -> int:
+  """Bytes one device holds of a tree of sharded ShapeDtypeStructs (its shard of each leaf)."""
+  return sum(int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
 def estimate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Params, FLOPs per token and the compiled train step's per-device memory, without data or training."""
+  """Params, FLOPs per token and per-device memory of the compiled train step, without data or training.
+
+  `memory_per_device_bytes` is what XLA allocates on the largest device: arguments (its shards of params,
+  optimizer state and the batch) plus temporaries (activations kept for the backward pass, gradients, workspace).
+  The params and optimizer entries break the arguments down; activations are the temporaries.
+  """
   mesh = build_mesh(config.mesh)
   setup = state_lib.build(config, mesh)
   vocab = config.data.vocab_size
@@ -283,8 +293,10 @@ def estimate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
       'flops_per_token': flops_lib.flops_per_token(setup.model_cfg, config.data.seq_len, vocab,
                                                    causal_skip=skips_causal_blocks(config)),
       'memory_per_device_bytes': int(memory.argument_size_in_bytes + memory.temp_size_in_bytes),
+      'memory_params_per_device_bytes': _bytes_per_device(setup.abstract['params']),
+      'memory_optimizer_per_device_bytes': _bytes_per_device(setup.abstract['opt_state']),
+      'memory_activations_per_device_bytes': int(memory.temp_size_in_bytes),
       'memory_arguments_bytes': int(memory.argument_size_in_bytes),
-      'memory_temp_bytes': int(memory.temp_size_in_bytes),
       'devices': jax.device_count(),
       'mesh': dict(mesh.shape),
   }
