@@ -9,6 +9,7 @@ Dims: B batch, S sequence, D d_model, H query heads, K kv heads, E head dim, F d
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +44,7 @@ class ModelConfig:
   tie_embeddings: bool = True
   dtype: str = 'float32'
   remat: bool = False
+  scan_layers: bool = False
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'ModelConfig':
@@ -66,6 +68,7 @@ class ModelConfig:
         tie_embeddings=m.tie_embeddings,
         dtype=m.dtype,
         remat=m.remat,
+        scan_layers=m.scan_layers,
     )
 
   @property
@@ -157,15 +160,37 @@ class Block(nnx.Module):
     return constrain(x_BSD + self.mlp(self.mlp_norm(x_BSD)), ('batch', 'length', None))
 
 
+# Stacked layers: vmap/scan insert (and remove) a leading 'layers' name in each param's `logical_axes`, so sharding
+# rules and the train step see one tuple per leaf whatever the layout.
+_LAYERS_AXIS = {nnx.PARTITION_NAME: 'layers', 'logical_axes': 'layers'}
+
+
+def _block(cfg: ModelConfig, x_BSD: jax.Array, block: Block, mask: AttentionMask) -> jax.Array:
+  """One block, rematerialised in the backward pass when `cfg.remat` (trades compute for activation memory)."""
+  if cfg.remat:
+    return nnx.remat(lambda b, x, m: b(x, m))(block, x_BSD, mask)
+  return block(x_BSD, mask)
+
+
 class Transformer(nnx.Module):
   """Decoder-only LM. `hidden` gives final-norm activations; `logits` projects them onto the vocabulary.
 
   They are separate so the trainer can compute a blockwise loss without ever holding [B, S, V] logits.
+  With `scan_layers`, `blocks` is one Block whose params carry a leading [num_layers] axis, run by a scan: XLA
+  compiles the block once instead of num_layers times.
   """
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.embed_VD = _param(rngs, (cfg.vocab_size, cfg.d_model), cfg.init_std, ('vocab', 'embed'))
-    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    if cfg.scan_layers:
+      @nnx.split_rngs(splits=cfg.num_layers)
+      @nnx.vmap(in_axes=0, out_axes=0, transform_metadata=_LAYERS_AXIS)
+      def stacked(layer_rngs: nnx.Rngs) -> Block:
+        return Block(cfg, layer_rngs)
+
+      self.blocks = stacked(rngs)
+    else:
+      self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
     self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
     if not cfg.tie_embeddings:
       self.head_DV = _param(rngs, (cfg.d_model, cfg.vocab_size), cfg.init_std, ('embed', 'vocab'))
@@ -174,11 +199,13 @@ class Transformer(nnx.Module):
   def hidden(self, tokens_BS: jax.Array, mask: AttentionMask) -> jax.Array:
     x_BSD = jnp.take(self.embed_VD[...], tokens_BS, axis=0).astype(self.cfg.compute_dtype)
     x_BSD = constrain(x_BSD, ('batch', 'length', None))
-    for block in self.blocks:
-      if self.cfg.remat:
-        x_BSD = nnx.remat(lambda b, x, m: b(x, m))(block, x_BSD, mask)
-      else:
-        x_BSD = block(x_BSD, mask)
+    if self.cfg.scan_layers:
+      scan = nnx.scan(functools.partial(_block, self.cfg), in_axes=(nnx.Carry, 0, None), out_axes=nnx.Carry,
+                      transform_metadata=_LAYERS_AXIS)
+      x_BSD = scan(x_BSD, self.blocks, mask)
+    else:
+      for block in self.blocks:
+        x_BSD = _block(self.cfg, x_BSD, block, mask)
     return self.final_norm(x_BSD)
 
   def head_weights_DV(self) -> jax.Array:

@@ -23,6 +23,7 @@ DEFAULT_RULES: LogicalRules = (
     ('vocab', 'tensor'),
     ('head_dim', None),
     ('norm', None),
+    ('layers', None),  # the stacked-layer axis of scan_layers params: every device holds all layers' slices
 )
 
 

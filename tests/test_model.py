@@ -118,3 +118,47 @@ def test_blockwise_ffn_matches_whole_sequence():
   x = jax.random.normal(jax.random.PRNGKey(2), (2, 16, 8))
   w = [jax.random.normal(jax.random.PRNGKey(i), s) for i, s in ((3, (8, 12)), (4, (8, 12)), (5, (12, 8)))]
   np.testing.assert_allclose(swiglu_ffn(x, *w, block=4), swiglu_ffn(x, *w), rtol=1e-5, atol=1e-5)
+
+
+def _stacked(unrolled: dict, num_layers: int) -> dict:
+  """The scan_layers layout of an unrolled tree (params or grads): block leaves stacked on a leading layer axis."""
+  blocks = [unrolled['blocks'][i] for i in range(num_layers)]
+  return {**unrolled, 'blocks': jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)}
+
+
+@pytest.mark.parametrize('remat', [False, True])
+def test_scanned_layers_compute_the_same_function(params, remat):
+  """scan_layers changes compile time, not numbers: same logits and gradients from the same (stacked) weights."""
+  tokens, mask = _tokens(), AttentionMask.causal(B, S)
+  unrolled = dataclasses.replace(CFG, remat=remat)
+  scanned = dataclasses.replace(unrolled, scan_layers=True)
+  stacked = _stacked(params, CFG.num_layers)
+  assert jax.tree.map(jnp.shape, stacked) == jax.tree.map(jnp.shape, params_lib.shapes(scanned))
+
+  def loss(cfg, p):
+    logits = _logits(cfg, p, tokens, mask)
+    return jnp.mean(jax.nn.log_softmax(logits)[..., 0]), logits
+
+  (_, l0), g0 = jax.value_and_grad(lambda p: loss(unrolled, p), has_aux=True)(params)
+  (_, l1), g1 = jax.value_and_grad(lambda p: loss(scanned, p), has_aux=True)(stacked)
+  np.testing.assert_allclose(l1, l0, rtol=1e-5, atol=1e-6)
+  g0 = _stacked(g0, CFG.num_layers)
+  assert jax.tree.structure(g1) == jax.tree.structure(g0)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_scanned_params_carry_a_leading_layers_axis(params):
+  """Same parameter count; stacked leaves are named ('layers', *unrolled names), one name per dim, so they shard."""
+  cfg = dataclasses.replace(CFG, scan_layers=True)
+  p = params_lib.init(cfg, 0)
+  assert params_lib.count(p) == params_lib.count(params)
+  wq = p['blocks']['attn']['wq_DHE']
+  assert wq.shape[0] == CFG.num_layers and not np.allclose(wq[0], wq[1])  # each layer gets its own init
+  axes, unrolled = params_lib.logical_axes(cfg), params_lib.logical_axes(CFG)
+  is_axes = lambda x: isinstance(x, tuple)
+  expected = jax.tree.map(lambda a: ('layers', *a), unrolled['blocks'][0], is_leaf=is_axes)
+  assert axes['blocks'] == expected
+  assert {k: v for k, v in axes.items() if k != 'blocks'} == {k: v for k, v in unrolled.items() if k != 'blocks'}
+  for a, x in zip(jax.tree.leaves(axes, is_leaf=is_axes), jax.tree.leaves(p)):
+    assert len(a) == x.ndim, (a, x.shape)

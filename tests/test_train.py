@@ -156,3 +156,16 @@ def test_checkpoint_of_another_shape_is_a_clear_error(tmp_path):
   bigger.model.d_model = 64
   with pytest.raises(ConfigError, match='model.d_model'):
     checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), bigger).restore(_setup(bigger, jax.devices()[:1])[1])
+
+
+def test_weight_decay_skips_norms_and_embedding_whether_or_not_layers_are_scanned():
+  from train import params as params_lib
+  from models.transformer import ModelConfig
+
+  for scan in (False, True):
+    cfg = ModelConfig(vocab_size=V, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, head_dim=8, d_ff=64,
+                      scan_layers=scan)
+    mask = optimizer_lib.decay_mask(params_lib.logical_axes(cfg), decay_embeddings_and_norms=False)
+    block = mask['blocks'] if scan else mask['blocks'][0]
+    assert not block['attn_norm']['scale'] and not mask['embed_VD'] and not mask['final_norm']['scale']
+    assert block['attn']['wq_DHE'] and block['mlp']['w_up_DF']

@@ -13,12 +13,14 @@ import os
 import ml_collections
 import orbax.checkpoint as ocp
 
+from configs import default as default_config
 from configs.errors import ConfigError
 from train.state import State, StateSetup
 
 
 # Model keys that change parameter shapes; attention path, dtype, remat and block sizes may change across a resume.
-SHAPE_KEYS = ('num_layers', 'd_model', 'num_heads', 'num_kv_heads', 'head_dim', 'd_ff', 'tie_embeddings')
+SHAPE_KEYS = ('num_layers', 'd_model', 'num_heads', 'num_kv_heads', 'head_dim', 'd_ff', 'tie_embeddings',
+              'scan_layers')
 
 
 def meta_for(config: ml_collections.ConfigDict) -> dict:
@@ -74,10 +76,12 @@ class Checkpointer:
         raise ConfigError(cfg_key, self.meta[key],
                           f'the checkpoint at step {step} in {self.directory} was written with {meta.get(key)!r}; '
                           'use that value or a new --workdir')
+    defaults = default_config.get_config().model  # a key newer than the checkpoint had its default value
     for key, value in self.meta['model'].items():
-      if meta['model'].get(key) != value:
+      stored = meta['model'].get(key, defaults[key])
+      if stored != value:
         raise ConfigError(f'model.{key}', value,
-                          f'the checkpoint at step {step} in {self.directory} has {meta["model"].get(key)!r}; '
+                          f'the checkpoint at step {step} in {self.directory} has {stored!r}; '
                           'use that value or a new --workdir')
 
   def wait(self) -> None:

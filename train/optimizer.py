@@ -16,6 +16,7 @@ def learning_rate_schedule(t: ml_collections.ConfigDict) -> optax.Schedule:
 def decay_mask(logical_axes_tree, decay_embeddings_and_norms: bool):
   """True where weight decay applies: matrices, not norm scales or the token embedding (unless asked)."""
   def decays(axes: tuple) -> bool:
+    axes = axes[1:] if axes[:1] == ('layers',) else axes  # scanned layers stack params on a leading axis
     is_norm = axes == ('norm',)
     is_embedding = axes == ('vocab', 'embed')
     return decay_embeddings_and_norms or not (is_norm or is_embedding)
