@@ -6,6 +6,10 @@ H query heads, K kv heads, E head dim, F d_ff, V vocab.
 
 import ml_collections
 
+# How parameter and activation dims (named in models/) map onto mesh axes; see sharding/rules.py.
+LOGICAL_RULES = ('batch=data+fsdp,length=sequence,embed=fsdp,heads=tensor,kv_heads=tensor,mlp=tensor,vocab=tensor,'
+                 'head_dim=,norm=,layers=')
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -81,6 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
   h.fsdp = 1  # parameter/optimizer sharding axis
   h.tensor = 1  # tensor-parallel axis (heads, MLP, vocab)
   h.sequence = 1  # sequence-parallel axis (ring attention)
+  h.rules = LOGICAL_RULES  # logical axis name -> mesh axes ('+' joins several, empty = replicated)
 
   c.sample = g = ml_collections.ConfigDict()
   g.prompt = 'def '  # --mode=sample: text each sample continues

@@ -4,6 +4,7 @@ import ml_collections
 
 from configs.errors import ConfigError
 from models.attention import validate_attention
+from sharding import rules
 from sharding.mesh import mesh_shape
 
 POSITIVE = ('model.num_layers', 'model.d_model', 'model.num_heads', 'model.num_kv_heads', 'model.d_ff',
@@ -64,6 +65,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if t.warmup_steps < 0:
     raise ConfigError('train.warmup_steps', t.warmup_steps, 'use 0 (no warmup) or a positive step count')
   sizes = mesh_shape(config.mesh, num_devices)
+  rules.parse(config.mesh.rules)
   validate_attention(m.attention, d.seq_len, m.q_block, m.kv_block, sizes['sequence'], m.num_heads, m.num_kv_heads)
   if m.attention != 'ring' and sizes['sequence'] > 1:
     raise ConfigError('mesh.sequence', sizes['sequence'], 'a sequence axis needs model.attention=ring; set it to 1')

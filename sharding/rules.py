@@ -1,41 +1,70 @@
 """Logical axis names -> mesh axes: the one place that decides how parameters and activations are partitioned.
 
-Model code names each dimension (`embed`, `heads`, `mlp`, `vocab`, ...); these rules map the names onto the mesh.
-Parameters: `embed` over fsdp (ZeRO-3 style: each device stores a slice, gathered for use), `heads`/`mlp`/`vocab`
+Model code names each dimension (`embed`, `heads`, `mlp`, `vocab`, ...); the config's `mesh.rules` maps the names
+onto the mesh. By default, parameters: `embed` over fsdp (ZeRO-3 style: each device stores a slice, gathered for use), `heads`/`mlp`/`vocab`
 over tensor (Megatron style). Activations: `batch` over (data, fsdp), `length` over sequence. A name mapped to None
-is replicated. Optimizer state takes the sharding of the parameter it belongs to.
+is replicated. Optimizer state takes the sharding of the parameter it belongs to. Parameter shardings come from the
+config's rules directly; activations and batches use the rules made active by `use` for the run (default: the
+default config's).
 """
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from configs import default as default_config
+from configs.errors import ConfigError
+from sharding.mesh import AXES
+
 LogicalRules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
-DEFAULT_RULES: LogicalRules = (
-    ('batch', ('data', 'fsdp')),
-    ('length', 'sequence'),
-    ('embed', 'fsdp'),
-    ('heads', 'tensor'),
-    ('kv_heads', 'tensor'),
-    ('mlp', 'tensor'),
-    ('vocab', 'tensor'),
-    ('head_dim', None),
-    ('norm', None),
-    ('layers', None),  # the stacked-layer axis of scan_layers params: every device holds all layers' slices
-)
+# Every logical name the model and the trainer use; a rules string must map each one.
+LOGICAL_NAMES = ('batch', 'length', 'embed', 'heads', 'kv_heads', 'mlp', 'vocab', 'head_dim', 'norm', 'layers')
 
 
-def logical_to_spec(axes: Sequence[str | None], rules: LogicalRules = DEFAULT_RULES) -> P:
-  table = dict(rules)
+def parse(spec: str) -> LogicalRules:
+  """'embed=fsdp,batch=data+fsdp,norm=' -> (('embed', 'fsdp'), ('batch', ('data', 'fsdp')), ('norm', None))."""
+  rules = []
+  for item in (i.strip() for i in spec.split(',') if i.strip()):
+    name, sep, target = item.partition('=')
+    axes = tuple(a.strip() for a in target.split('+') if a.strip())
+    bad = [a for a in axes if a not in AXES]
+    if not sep or bad:
+      raise ConfigError('mesh.rules', spec, f'write name=axis[+axis] items with axes from {", ".join(AXES)}, '
+                        f'or name= for replicated (at {item!r})')
+    rules.append((name.strip(), None if not axes else axes[0] if len(axes) == 1 else axes))
+  missing = [n for n in LOGICAL_NAMES if n not in dict(rules)]
+  if missing:
+    raise ConfigError('mesh.rules', spec, f'give a rule for {", ".join(missing)} (name= replicates it)')
+  return tuple(rules)
+
+
+DEFAULT_RULES: LogicalRules = parse(default_config.get_config().mesh.rules)
+_ACTIVE: contextvars.ContextVar[LogicalRules] = contextvars.ContextVar('ringlm_logical_rules', default=DEFAULT_RULES)
+
+
+@contextlib.contextmanager
+def use(rules: LogicalRules) -> Iterator[None]:
+  """Make `rules` the ones activations and batches are laid out by (the config's `mesh.rules` during a run)."""
+  token = _ACTIVE.set(rules)
+  try:
+    yield
+  finally:
+    _ACTIVE.reset(token)
+
+
+def logical_to_spec(axes: Sequence[str | None], rules: LogicalRules | None = None) -> P:
+  table = dict(_ACTIVE.get() if rules is None else rules)
   unknown = [a for a in axes if a is not None and a not in table]
   if unknown:
-    raise KeyError(f'logical axis {unknown[0]!r} has no rule; add it to sharding.rules.DEFAULT_RULES')
+    raise KeyError(f'logical axis {unknown[0]!r} has no rule; add it to mesh.rules and LOGICAL_NAMES')
   return P(*(None if a is None else table[a] for a in axes))
 
 
-def named(mesh: Mesh, axes: Sequence[str | None], rules: LogicalRules = DEFAULT_RULES) -> NamedSharding:
+def named(mesh: Mesh, axes: Sequence[str | None], rules: LogicalRules | None = None) -> NamedSharding:
   return NamedSharding(mesh, logical_to_spec(axes, rules))
 
 
@@ -48,13 +77,13 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def tree_shardings(mesh: Mesh, logical_tree, rules: LogicalRules = DEFAULT_RULES):
+def tree_shardings(mesh: Mesh, logical_tree, rules: LogicalRules | None = None):
   """A tree of logical-axis tuples -> the same tree of NamedShardings."""
   return jax.tree.map(lambda axes: named(mesh, axes, rules), logical_tree,
                       is_leaf=lambda x: isinstance(x, tuple))
 
 
-def constrain(x: jax.Array, axes: Sequence[str | None], rules: LogicalRules = DEFAULT_RULES) -> jax.Array:
+def constrain(x: jax.Array, axes: Sequence[str | None], rules: LogicalRules | None = None) -> jax.Array:
   """Pin an activation's layout by logical names when a ringlm mesh is set (jax.set_mesh); else a no-op.
 
   This is how model code annotates activations without knowing the mesh: the same model runs unsharded in tests.

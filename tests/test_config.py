@@ -57,6 +57,14 @@ def test_mesh_errors_say_how_many_devices_there_are():
     mesh_shape(c, 8)
 
 
+@pytest.mark.parametrize('rules, fix', [('embed=fsdp', 'give a rule for batch'), ('embed=pipeline', 'axes from'),
+                                         ('embed', 'name=axis')])
+def test_bad_mesh_rules_are_config_errors(rules, fix):
+  with pytest.raises(ConfigError, match=fix) as err:
+    validate(cfg(**{'mesh.rules': rules}), 8)
+  assert err.value.key == 'mesh.rules'
+
+
 def test_heads_must_divide_over_tensor():
   with pytest.raises(ConfigError, match='mesh.tensor=4'):
     validate(cfg(**{'mesh.tensor': 4, 'mesh.data': 2}), 8)

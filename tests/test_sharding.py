@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from sharding import rules
 from sharding.mesh import build_mesh
 from train import optimizer as optimizer_lib
 from train import state as state_lib
@@ -55,7 +56,7 @@ def train_losses(config, devices) -> list[float]:
   mesh = build_mesh(config.mesh, devices)
   setup = state_lib.build(config, mesh)
   spec = ObjectiveSpec(vocab_size=config.data.vocab_size, pad_id=0, mask_id=3, num_special=8)
-  with jax.set_mesh(mesh):
+  with jax.set_mesh(mesh), rules.use(rules.parse(config.mesh.rules)):
     step = step_lib.make_train_step(setup, mesh, 'causal', spec, np.ones(config.data.vocab_size, np.int32),
                                     optimizer_lib.learning_rate_schedule(config.train))
     state = setup.init()
@@ -91,6 +92,16 @@ def test_attention_paths_give_vanilla_losses(model, reference_losses):
   for k, v in model.items():
     config.model[k] = v
   np.testing.assert_allclose(train_losses(config, jax.devices()[:1]), reference_losses, rtol=1e-5)
+
+
+def test_config_rules_change_the_layout_not_the_numbers(reference_losses):
+  """mesh.rules replicating `embed` (no fsdp slicing of params) and sharding vocab over fsdp instead."""
+  config = config_for(dict(data=2, fsdp=2, tensor=2))
+  config.mesh.rules = config.mesh.rules.replace('embed=fsdp', 'embed=').replace('vocab=tensor', 'vocab=fsdp')
+  table = sharding_table(config)
+  assert table["['blocks'][0]['attn']['wq_DHE']"] == "(None, 'tensor', None)"
+  assert table["['embed_VD']"] == "('fsdp', None)"
+  np.testing.assert_allclose(train_losses(config, jax.devices()), reference_losses, rtol=1e-5)
 
 
 @pytest.mark.parametrize('name', MESHES)

@@ -160,7 +160,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config)
   preemption = Preemption()
   try:
-    with jax.set_mesh(run.mesh):
+    with jax.set_mesh(run.mesh), rules.use(rules.parse(config.mesh.rules)):
       return _train_loop(run, ckpt, preemption)
   finally:
     preemption.close()
@@ -234,7 +234,7 @@ def eval_only(config: ml_collections.ConfigDict, workdir: str) -> dict[str, floa
   step = ckpt.latest_step()
   if step is None:
     raise ConfigError('--workdir', workdir, 'no checkpoint to evaluate there; train first (--mode=train)')
-  with jax.set_mesh(run.mesh):
+  with jax.set_mesh(run.mesh), rules.use(rules.parse(config.mesh.rules)):
     state = ckpt.restore(run.setup, step)
     eval_step = step_lib.make_eval_step(run.setup, run.mesh, config.objective, run.spec, run.token_bytes)
     result = evaluate(run, state['params'], eval_step, make_probe_step(run))
@@ -255,7 +255,7 @@ def sample_only(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config)
   if ckpt.latest_step() is None:
     raise ConfigError('--workdir', workdir, 'no checkpoint to sample from there; train first (--mode=train)')
-  with jax.set_mesh(mesh):
+  with jax.set_mesh(mesh), rules.use(rules.parse(config.mesh.rules)):
     params = ckpt.restore(setup)['params']
     texts = sample_lib.sample(setup, params, tokenizer, config)
   ckpt.close()
@@ -279,7 +279,7 @@ def estimate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
   vocab = config.data.vocab_size
   spec = ObjectiveSpec.from_config(config.objectives, vocab_size=vocab, pad_id=tokenizers.PAD_ID,
                                    mask_id=tokenizers.MASK_ID, num_special=tokenizers.NUM_SPECIAL)
-  with jax.set_mesh(mesh):
+  with jax.set_mesh(mesh), rules.use(rules.parse(config.mesh.rules)):
     schedule = optimizer_lib.learning_rate_schedule(config.train)
     step = step_lib.make_train_step(setup, mesh, config.objective, spec, np.ones(vocab, np.int32), schedule)
     shape = (config.train.batch_size, config.data.seq_len)

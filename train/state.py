@@ -44,7 +44,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh) -> StateSetup:
   model_cfg = ModelConfig.from_config(config)
   axes = params_lib.logical_axes(model_cfg)
   optimizer = optimizer_lib.make_optimizer(config.train, axes)
-  param_shardings = rules.tree_shardings(mesh, axes)
+  param_shardings = rules.tree_shardings(mesh, axes, rules.parse(config.mesh.rules))
   param_shapes = params_lib.shapes(model_cfg)
   opt_shapes = jax.eval_shape(optimizer.init, param_shapes)
   replicated = rules.replicated(mesh)
