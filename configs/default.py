@@ -85,6 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
   h.fsdp = 1  # parameter/optimizer sharding axis
   h.tensor = 1  # tensor-parallel axis (heads, MLP, vocab)
   h.sequence = 1  # sequence-parallel axis (ring attention)
+  h.dcn_data = 1  # granules (TPU slices, else processes) the data axis spans over DCN; 1 = one flat mesh
   h.rules = LOGICAL_RULES  # logical axis name -> mesh axes ('+' joins several, empty = replicated)
 
   c.sample = g = ml_collections.ConfigDict()

@@ -66,6 +66,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError('train.warmup_steps', t.warmup_steps, 'use 0 (no warmup) or a positive step count')
   sizes = mesh_shape(config.mesh, num_devices)
   rules.parse(config.mesh.rules)
+  if config.mesh.dcn_data < 1 or sizes['data'] % config.mesh.dcn_data:
+    raise ConfigError('mesh.dcn_data', config.mesh.dcn_data, f'must be >= 1 and divide the data axis ({sizes["data"]})')
   validate_attention(m.attention, d.seq_len, m.q_block, m.kv_block, sizes['sequence'], m.num_heads, m.num_kv_heads)
   if m.attention != 'ring' and sizes['sequence'] > 1:
     raise ConfigError('mesh.sequence', sizes['sequence'], 'a sequence axis needs model.attention=ring; set it to 1')

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
 from configs.errors import ConfigError
@@ -40,7 +41,23 @@ def mesh_shape(mesh_cfg: ml_collections.ConfigDict, num_devices: int) -> dict[st
 
 
 def build_mesh(mesh_cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """The mesh; with `mesh.dcn_data` > 1 the data axis is split into that many granules (TPU slices, or processes
+  elsewhere) joined over the slower data-center network, and every other axis stays inside a granule."""
   devices = list(jax.devices() if devices is None else devices)
   sizes = mesh_shape(mesh_cfg, len(devices))
-  return jax.make_mesh(tuple(sizes[a] for a in AXES), AXES, axis_types=(AxisType.Auto,) * len(AXES),
-                       devices=devices)
+  shape = tuple(sizes[a] for a in AXES)
+  axis_types = (AxisType.Auto,) * len(AXES)
+  dcn = int(mesh_cfg.dcn_data)
+  if dcn <= 1:
+    return jax.make_mesh(shape, AXES, axis_types=axis_types, devices=devices)
+  if sizes['data'] % dcn:
+    raise ConfigError('mesh.dcn_data', dcn, f'must divide the data axis ({sizes["data"]})')
+  slices = {getattr(d, 'slice_index', None) for d in devices}
+  by_process = slices == {None} or len(slices) == 1
+  granules = jax.process_count() if by_process else len(slices)
+  if granules != dcn:
+    raise ConfigError('mesh.dcn_data', dcn, f'there are {granules} {"processes" if by_process else "slices"}; '
+                      'set it to that number, or 1 for a plain mesh')
+  ici = (sizes['data'] // dcn,) + shape[1:]
+  device_grid = mesh_utils.create_hybrid_device_mesh(ici, (dcn, 1, 1, 1), devices, process_is_granule=by_process)
+  return Mesh(device_grid, AXES, axis_types=axis_types)

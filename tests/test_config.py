@@ -73,3 +73,15 @@ def test_heads_must_divide_over_tensor():
 def test_both_data_sources_is_an_error():
   with pytest.raises(ConfigError, match='data.tfds_name'):
     validate(cfg(**{'data.text_dir': '/tmp', 'data.tfds_name': 'c4'}), 1)
+
+
+def test_dcn_data_must_match_the_granules():
+  from sharding.mesh import build_mesh
+
+  c = default.get_config().mesh
+  c.dcn_data = 2
+  with pytest.raises(ConfigError, match='there are 1 processes'):
+    build_mesh(c)
+  c.dcn_data = 3
+  with pytest.raises(ConfigError, match='mesh.dcn_data'):
+    validate(cfg(**{'mesh.dcn_data': 3}), 8)

@@ -23,7 +23,9 @@ def test_two_processes_match_one_and_their_checkpoint_restores_alone(small_run_f
   args = [*small_run_flags, '--config.train.steps=4', '--config.train.log_every=1', '--config.train.eval_every=0',
           '--config.checkpoint.every_steps=4']
   env = dict(os.environ, RINGLM_LOCAL_DEVICES='2', PYTHON=os.path.join(ROOT, '.venv', 'bin', 'python'))
-  proc = subprocess.run(['scripts/local_multiprocess.sh', '2', *args, f'--workdir={tmp_path / "mp"}'], cwd=ROOT,
+  # The data axis spans the 2 processes as DCN granules (a hybrid mesh), the way TPU slices are joined.
+  proc = subprocess.run(['scripts/local_multiprocess.sh', '2', *args, f'--workdir={tmp_path / "mp"}',
+                         '--config.mesh.dcn_data=2'], cwd=ROOT,
                         env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.count('starting step 0/4') == 1  # only process 0 prints
