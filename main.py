@@ -18,22 +18,29 @@ MODES = ('train', 'eval', 'sample', 'estimate', 'compare', 'scaling', 'fit')
 config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config file (a get_config() module).')
 flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics.jsonl, config.json.', required=True)
 flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
-flags.DEFINE_bool('distributed', False, 'Join a multi-process run described by the environment (TPU pod, SLURM).')
+flags.DEFINE_bool('distributed', False, 'Join a multi-process run described by the environment (TPU pod, SLURM); '
+                  'automatic on a multi-host TPU VM.')
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 for multi-process runs.')
 flags.DEFINE_integer('num_processes', None, 'Number of processes in a multi-process run.')
 flags.DEFINE_integer('process_id', None, 'This process\'s index in a multi-process run.')
 FLAGS = flags.FLAGS
 
 
+def _on_tpu_pod() -> bool:
+  """A TPU VM of a multi-host slice: its runtime lists every worker's hostname."""
+  return ',' in os.environ.get('TPU_WORKER_HOSTNAMES', '')
+
+
 def _init_distributed() -> None:
-  """Join a multi-process run described by flags (local CPU processes) or by the cluster (--distributed)."""
+  """Join a multi-process run described by flags (local CPU processes) or by the cluster (--distributed, or a
+  multi-host TPU VM found from its environment)."""
   import jax
 
   if FLAGS.coordinator_address or FLAGS.num_processes:
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # only affects CPU devices
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  elif FLAGS.distributed:
-    jax.distributed.initialize()
+  elif FLAGS.distributed or _on_tpu_pod():
+    jax.distributed.initialize()  # JAX detects the cluster (TPU pod, SLURM, Open MPI, Kubernetes) itself
 
 
 def _run(config, workdir: str, mode: str) -> None:
