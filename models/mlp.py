@@ -1,7 +1,6 @@
 """SwiGLU feed-forward, whole-sequence or blockwise (the Blockwise Parallel Transformer's FFN)."""
 
 import jax
-import jax.numpy as jnp
 
 
 def _swiglu(x_BCD: jax.Array, w_gate_DF: jax.Array, w_up_DF: jax.Array, w_down_FD: jax.Array) -> jax.Array:

@@ -7,7 +7,6 @@ becomes the latest. Restoring takes the target shardings of the current mesh, so
 restores onto another.
 """
 
-import json
 import os
 
 import ml_collections
