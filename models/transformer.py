@@ -48,28 +48,11 @@ class ModelConfig:
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'ModelConfig':
+    """Every field but these two has the same name under `config.model`."""
     m = config.model
-    return cls(
-        vocab_size=config.data.vocab_size,
-        num_layers=m.num_layers,
-        d_model=m.d_model,
-        num_heads=m.num_heads,
-        num_kv_heads=m.num_kv_heads,
-        head_dim=m.head_dim or m.d_model // m.num_heads,
-        d_ff=m.d_ff,
-        attention=m.attention,
-        ffn=m.ffn,
-        q_block=m.q_block,
-        kv_block=m.kv_block,
-        ffn_block=m.ffn_block,
-        rope_theta=m.rope_theta,
-        norm_eps=m.norm_eps,
-        init_std=m.init_std,
-        tie_embeddings=m.tie_embeddings,
-        dtype=m.dtype,
-        remat=m.remat,
-        scan_layers=m.scan_layers,
-    )
+    same_name = {f.name for f in dataclasses.fields(cls)} - {'vocab_size', 'head_dim'}
+    return cls(vocab_size=config.data.vocab_size, head_dim=m.head_dim or m.d_model // m.num_heads,
+               **{name: m[name] for name in same_name})
 
   @property
   def compute_dtype(self) -> jnp.dtype:
