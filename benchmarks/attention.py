@@ -3,7 +3,8 @@
   .venv/bin/python benchmarks/attention.py --seq_lens=1024,2048,4096,8192 --paths=vanilla,blockwise,ring
 
 Prints one JSON object per line. On CPU, ring runs on 8 fake host devices (set before jax is imported), so its
-times measure overhead, not speed-up; its memory is per device, which is what the ring saves.
+times measure overhead, not speed-up; its memory is per device, which is what the ring saves. --ring_devices
+measures the ring over fewer devices too (a sequence axis of each size), to show memory falling as 1/n.
 """
 
 import argparse
@@ -34,8 +35,8 @@ def make_mask(kind: str, batch: int, seq_len: int) -> AttentionMask:
   return mask
 
 
-def build(args: argparse.Namespace, path: str, seq_len: int):
-  """(compiled fwd+bwd step, its inputs, mesh or None); ring runs on a sequence-only mesh over every device."""
+def build(args: argparse.Namespace, path: str, seq_len: int, devices: int = 1):
+  """(compiled fwd+bwd step, its inputs, mesh or None); ring runs on a sequence-only mesh over `devices`."""
   dtype = jnp.dtype(args.dtype)
   shapes = [(args.batch, seq_len, h, args.head_dim) for h in (args.heads, args.kv_heads, args.kv_heads, args.heads)]
   keys = jax.random.split(jax.random.key(0), 4)
@@ -50,7 +51,7 @@ def build(args: argparse.Namespace, path: str, seq_len: int):
   mesh = None
   inputs = (q, k, v, do, mask)
   if path == 'ring':
-    mesh = jax.make_mesh((1, 1, 1, jax.device_count()), AXES)
+    mesh = jax.make_mesh((1, 1, 1, devices), AXES, devices=jax.devices()[:devices])
     sharded = NamedSharding(mesh, P(None, 'sequence'))
     inputs = jax.device_put(inputs, sharded)
   with jax.set_mesh(mesh) if mesh else contextlib.nullcontext():
@@ -58,13 +59,13 @@ def build(args: argparse.Namespace, path: str, seq_len: int):
   return compiled, inputs, mesh
 
 
-def temp_bytes(args: argparse.Namespace, path: str, seq_len: int) -> int:
-  return build(args, path, seq_len)[0].memory_analysis().temp_size_in_bytes
+def temp_bytes(args: argparse.Namespace, path: str, seq_len: int, devices: int = 1) -> int:
+  return build(args, path, seq_len, devices)[0].memory_analysis().temp_size_in_bytes
 
 
-def measure(args: argparse.Namespace, path: str, seq_len: int) -> dict:
+def measure(args: argparse.Namespace, path: str, seq_len: int, devices: int = 1) -> dict:
   """Memory always; times only when the temp memory is under --run_cap_gb (compiling never allocates it)."""
-  compiled, inputs, mesh = build(args, path, seq_len)
+  compiled, inputs, mesh = build(args, path, seq_len, devices)
   memory = compiled.memory_analysis()
   runs = args.runs if memory.temp_size_in_bytes <= args.run_cap_gb * 2**30 else 0
   times = []
@@ -80,13 +81,13 @@ def measure(args: argparse.Namespace, path: str, seq_len: int) -> dict:
               median_s=statistics.median(times) if times else None, devices=mesh.size if mesh else 1)
 
 
-def max_seq_len(args: argparse.Namespace, path: str) -> dict:
+def max_seq_len(args: argparse.Namespace, path: str, devices: int = 1) -> dict:
   """Longest power-of-two multiple of the block lengths whose compiled temp memory fits under the cap."""
-  chunks = 2 * jax.device_count() if path == 'ring' else 1  # ring: two zig-zag chunks per device
+  chunks = 2 * devices if path == 'ring' else 1  # ring: two zig-zag chunks per device
   cap, seq_len, best = args.memory_cap_gb * 2**30, max(args.q_block, args.kv_block) * chunks, None
-  while seq_len <= args.max_search_len and temp_bytes(args, path, seq_len) <= cap:
+  while seq_len <= args.max_search_len and temp_bytes(args, path, seq_len, devices) <= cap:
     best, seq_len = seq_len, seq_len * 2
-  return dict(path=path, memory_cap_gb=args.memory_cap_gb, max_seq_len=best)
+  return dict(path=path, devices=devices, memory_cap_gb=args.memory_cap_gb, max_seq_len=best)
 
 
 def main() -> None:
@@ -106,16 +107,18 @@ def main() -> None:
                       help='paths whose compiled temp memory exceeds this only compile (protects host memory)')
   parser.add_argument('--memory_cap_gb', type=float, default=0.0, help='> 0: also search the longest fitting length')
   parser.add_argument('--max_search_len', type=int, default=2**20)
+  parser.add_argument('--ring_devices', default='', help='sequence axis sizes for ring; default: every device')
   args = parser.parse_args()
   config = dict(batch=args.batch, heads=args.heads, kv_heads=args.kv_heads, head_dim=args.head_dim, mask=args.mask,
                 dtype=args.dtype, q_block=args.q_block, kv_block=args.kv_block, backend=jax.default_backend())
-  paths = args.paths.split(',')
+  ring_devices = [int(n) for n in args.ring_devices.split(',')] if args.ring_devices else [jax.device_count()]
+  runs = [(path, n) for path in args.paths.split(',') for n in (ring_devices if path == 'ring' else [1])]
   for seq_len in map(int, args.seq_lens.split(',')):
-    for path in paths:
-      print(json.dumps({**measure(args, path, seq_len), **config}), flush=True)
+    for path, devices in runs:
+      print(json.dumps({**measure(args, path, seq_len, devices), **config}), flush=True)
   if args.memory_cap_gb > 0:
-    for path in paths:
-      print(json.dumps({**max_seq_len(args, path), **config}), flush=True)
+    for path, devices in runs:
+      print(json.dumps({**max_seq_len(args, path, devices), **config}), flush=True)
 
 
 if __name__ == '__main__':

@@ -74,10 +74,12 @@ def _logits(q_BKGQE: jax.Array, k_BKTE: jax.Array, q_mask: AttentionMask, kv_mas
 
 
 def forward_chunk(q_BKGSE: jax.Array, k_BKTE: jax.Array, v_BKTE: jax.Array, q_mask: AttentionMask,
-                  kv_mask: AttentionMask, q_block: int, kv_block: int) -> tuple:
+                  kv_mask: AttentionMask, q_block: int, kv_block: int, skip: jax.Array | bool = False) -> tuple:
   """Returns (out_BKGSE float32 normalised, lse_BKGS float32, visited block pairs).
 
-  Queries that see no key of this chunk get out 0 and lse -inf, which merge cleanly across ring hops.
+  Queries that see no key of this chunk get out 0 and lse -inf, which merge cleanly across ring hops. skip=True
+  (a ring hop known to be hidden) skips every block pair: cheaper than a cond around the whole chunk, which would
+  copy its full-length carry.
   """
   B, K, G, S, E = q_BKGSE.shape
   nq, nk = S // q_block, k_BKTE.shape[2] // kv_block
@@ -103,7 +105,7 @@ def forward_chunk(q_BKGSE: jax.Array, k_BKTE: jax.Array, v_BKTE: jax.Array, q_ma
         return (o_BKGQE * correction[..., None] + pv_BKGQE, m_new, l_BKGQ * correction + p_BKGQL.sum(-1),
                 count + 1)
 
-      return lax.cond(hidden(_pick(q_sum, i), _pick(kv_sum, j)), lambda c: c, compute, carry)
+      return lax.cond(skip | hidden(_pick(q_sum, i), _pick(kv_sum, j)), lambda c: c, compute, carry)
 
     init = (jnp.zeros((B, K, G, q_block, E), jnp.float32), jnp.full((B, K, G, q_block), -jnp.inf),
             jnp.zeros((B, K, G, q_block), jnp.float32), visited)
@@ -120,11 +122,12 @@ def forward_chunk(q_BKGSE: jax.Array, k_BKTE: jax.Array, v_BKTE: jax.Array, q_ma
 
 def backward_chunk(q_BKGSE: jax.Array, k_BKTE: jax.Array, v_BKTE: jax.Array, q_mask: AttentionMask,
                    kv_mask: AttentionMask, do_BKGSE: jax.Array, lse_BKGS: jax.Array, delta_BKGS: jax.Array,
-                   q_block: int, kv_block: int) -> tuple:
-  """Gradients (dq, dk, dv, float32) of one chunk pair given the global lse and delta = sum(do * out).
+                   grads: tuple, q_block: int, kv_block: int, skip: jax.Array | bool = False) -> tuple:
+  """Adds one chunk pair's gradients into grads = (dq_BKGSE, dk_BKTE, dv_BKTE), float32, given the global lse and
+  delta = sum(do * out). skip as in forward_chunk.
 
-  Outer scan over kv blocks (a block's dk/dv live in the loop carry), inner loop over q blocks that adds
-  into a full-length dq: memory O(S), never [S, S].
+  Outer loop over kv blocks (a block's dk/dv live in the loop carry), inner loop over q blocks that adds into the
+  full-length dq: memory O(S), never [S, S]. Accumulating in place keeps no second copy of any gradient.
   """
   B, K, G, S, E = q_BKGSE.shape
   T = k_BKTE.shape[2]
@@ -132,7 +135,8 @@ def backward_chunk(q_BKGSE: jax.Array, k_BKTE: jax.Array, v_BKTE: jax.Array, q_m
   q_sum, kv_sum = summarize(q_mask, q_block), summarize(kv_mask, kv_block)
   scale = E**-0.5
 
-  def kv_step(dq_BKGSE, j):
+  def kv_step(j, grads):
+    dq_BKGSE, dk_BKTE, dv_BKTE = grads
     k_BKLE = _take(k_BKTE, j, kv_block, axis=2)
     v_BKLE = _take(v_BKTE, j, kv_block, axis=2)
     kvm = _take_mask(kv_mask, j, kv_block)
@@ -157,15 +161,14 @@ def backward_chunk(q_BKGSE: jax.Array, k_BKTE: jax.Array, v_BKTE: jax.Array, q_m
                                        preferred_element_type=jnp.float32)
         return dq_BKGSE, dk_BKLE, dv_BKLE
 
-      return lax.cond(hidden(_pick(q_sum, i), _pick(kv_sum, j)), lambda c: c, compute, carry)
+      return lax.cond(skip | hidden(_pick(q_sum, i), _pick(kv_sum, j)), lambda c: c, compute, carry)
 
-    zeros_BKLE = jnp.zeros((B, K, kv_block, E), jnp.float32)
-    dq_BKGSE, dk_BKLE, dv_BKLE = lax.fori_loop(0, nq, q_step, (dq_BKGSE, zeros_BKLE, zeros_BKLE))
-    return dq_BKGSE, (dk_BKLE, dv_BKLE)
+    init = (dq_BKGSE, _take(dk_BKTE, j, kv_block, axis=2), _take(dv_BKTE, j, kv_block, axis=2))
+    dq_BKGSE, dk_BKLE, dv_BKLE = lax.fori_loop(0, nq, q_step, init)
+    return (dq_BKGSE, lax.dynamic_update_slice_in_dim(dk_BKTE, dk_BKLE, j * kv_block, axis=2),
+            lax.dynamic_update_slice_in_dim(dv_BKTE, dv_BKLE, j * kv_block, axis=2))
 
-  dq_BKGSE, (dk_NBKLE, dv_NBKLE) = lax.scan(kv_step, jnp.zeros(q_BKGSE.shape, jnp.float32), jnp.arange(nk))
-  return (dq_BKGSE, jnp.moveaxis(dk_NBKLE, 0, 2).reshape(B, K, T, E),
-          jnp.moveaxis(dv_NBKLE, 0, 2).reshape(B, K, T, E))
+  return lax.fori_loop(0, nk, kv_step, grads)
 
 
 def delta(do_BKGSE: jax.Array, out_BKGSE: jax.Array) -> jax.Array:
@@ -188,8 +191,10 @@ def _blockwise_fwd(q_BKGSE, k_BKSE, v_BKSE, mask, q_block, kv_block):
 
 def _blockwise_bwd(q_block, kv_block, residuals, do_BKGSE):
   q_BKGSE, k_BKSE, v_BKSE, mask, out_BKGSE, lse_BKGS = residuals
+  grads = (jnp.zeros(q_BKGSE.shape, jnp.float32), jnp.zeros(k_BKSE.shape, jnp.float32),
+           jnp.zeros(v_BKSE.shape, jnp.float32))
   dq, dk, dv = backward_chunk(q_BKGSE, k_BKSE, v_BKSE, mask, mask, do_BKGSE, lse_BKGS,
-                              delta(do_BKGSE, out_BKGSE), q_block, kv_block)
+                              delta(do_BKGSE, out_BKGSE), grads, q_block, kv_block)
   return dq.astype(q_BKGSE.dtype), dk.astype(k_BKSE.dtype), dv.astype(v_BKSE.dtype), None
 
 

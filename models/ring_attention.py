@@ -67,11 +67,9 @@ def _forward(q_BKGSE, k_BKSE, v_BKSE, mask, n, q_block, kv_block) -> tuple:
   def visit(state, kv):
     k_BKTE, v_BKTE, kv_mask = kv
 
-    def compute(state):
-      out_t, lse_t, _ = bw.forward_chunk(q_BKGSE, k_BKTE, v_BKTE, mask, kv_mask, q_block, kv_block)
-      return _merge(*state, out_t, lse_t)
-
-    return lax.cond(_chunk_hidden(mask, kv_mask), lambda s: s, compute, state)
+    out_t, lse_t, _ = bw.forward_chunk(q_BKGSE, k_BKTE, v_BKTE, mask, kv_mask, q_block, kv_block,
+                                       skip=_chunk_hidden(mask, kv_mask))
+    return _merge(*state, out_t, lse_t)
 
   def hop(_, carry):
     state, kv = carry
@@ -100,14 +98,10 @@ def _ring_bwd(n, q_block, kv_block, residuals, do_BKGSE):
 
   def visit(dq_BKGSE, kv, dkv):
     k_BKTE, v_BKTE, kv_mask = kv
-
-    def compute(grads):
-      dq_t, dk_t, dv_t = bw.backward_chunk(q_BKGSE, k_BKTE, v_BKTE, mask, kv_mask, do_BKGSE, lse_BKGS, delta_BKGS,
-                                           q_block, kv_block)
-      dq_BKGSE, (dk_BKTE, dv_BKTE) = grads
-      return dq_BKGSE + dq_t, (dk_BKTE + dk_t, dv_BKTE + dv_t)
-
-    return lax.cond(_chunk_hidden(mask, kv_mask), lambda g: g, compute, (dq_BKGSE, dkv))
+    dq_BKGSE, dk_BKTE, dv_BKTE = bw.backward_chunk(q_BKGSE, k_BKTE, v_BKTE, mask, kv_mask, do_BKGSE, lse_BKGS,
+                                                   delta_BKGS, (dq_BKGSE, *dkv), q_block, kv_block,
+                                                   skip=_chunk_hidden(mask, kv_mask))
+    return dq_BKGSE, (dk_BKTE, dv_BKTE)
 
   def hop(_, carry):
     dq_BKGSE, kv, dkv = carry

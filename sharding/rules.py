@@ -1,11 +1,11 @@
 """Logical axis names -> mesh axes: the one place that decides how parameters and activations are partitioned.
 
 Model code names each dimension (`embed`, `heads`, `mlp`, `vocab`, ...); the config's `mesh.rules` maps the names
-onto the mesh. By default, parameters: `embed` over fsdp (ZeRO-3 style: each device stores a slice, gathered for use), `heads`/`mlp`/`vocab`
-over tensor (Megatron style). Activations: `batch` over (data, fsdp), `length` over sequence. A name mapped to None
-is replicated. Optimizer state takes the sharding of the parameter it belongs to. Parameter shardings come from the
-config's rules directly; activations and batches use the rules made active by `use` for the run (default: the
-default config's).
+onto the mesh. By default, parameters: `embed` over fsdp (ZeRO-3 style: each device stores a slice, gathered for
+use), `heads`/`mlp`/`vocab` over tensor (Megatron style). Activations: `batch` over (data, fsdp), `length` over
+sequence. A name mapped to None is replicated. Optimizer state takes the sharding of the parameter it belongs to.
+Parameter shardings come from the config's rules directly; activations and batches use the rules made active by
+`use` for the run (default: the default config's).
 """
 
 import contextlib
