@@ -180,7 +180,8 @@ class Transformer(nnx.Module):
     self.cfg = cfg
 
   def hidden(self, tokens_BS: jax.Array, mask: AttentionMask) -> jax.Array:
-    x_BSD = jnp.take(self.embed_VD[...], tokens_BS, axis=0).astype(self.cfg.compute_dtype)
+    embed_VD = constrain(self.embed_VD[...], ('vocab', None))  # gathered over fsdp for the lookup, like any weight
+    x_BSD = jnp.take(embed_VD, tokens_BS, axis=0).astype(self.cfg.compute_dtype)
     x_BSD = constrain(x_BSD, ('batch', 'length', None))
     if self.cfg.scan_layers:
       scan = nnx.scan(functools.partial(_block, self.cfg), in_axes=(nnx.Carry, 0, None), out_axes=nnx.Carry,

@@ -38,9 +38,11 @@ def small_run_flags(corpus, tmp_path_factory) -> list[str]:
           '--config.train.eval_batches=2', '--config.checkpoint.every_steps=3']
 
 
-def run_main(*flags: str, check: bool = True, devices: int = 1) -> subprocess.CompletedProcess:
-  """Run main.py as a user would, in a fresh process with `devices` fake CPU devices."""
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', JAX_PLATFORMS='cpu')
+def run_main(*flags: str, check: bool = True, devices: int = 1,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+  """Run main.py as a user would, in a fresh process with `devices` fake CPU devices (and `env` on top)."""
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', JAX_PLATFORMS='cpu',
+             **(env or {}))
   proc = subprocess.run([sys.executable, 'main.py', *flags], cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=600)
   if check and proc.returncode != 0:
