@@ -1,12 +1,14 @@
 """Memory-efficient (flash-style) attention in pure JAX: O(S) memory in forward and backward.
 
-Forward: a scan over q blocks, each an online softmax over kv blocks. Backward (custom VJP) recomputes the
-probabilities block by block from the saved output and log-sum-exp. Block pairs the mask hides entirely are skipped
-with lax.cond, judged from per-block reductions of the mask arrays.
+Both passes loop over kv blocks outside and q blocks inside. Forward: each kv block is folded into an online
+softmax over all queries. Backward (custom VJP): each kv block's probabilities are recomputed from the saved
+log-sum-exp, adding into dq and finishing that block's dk, dv. Block pairs the mask hides entirely are skipped with
+lax.cond, judged from per-block reductions of the mask arrays; the cond carries only the pair's own block of the
+accumulators (read before, written back after), since a cond over the full-length ones costs a copy of them.
 
 Internal layout: q_BKGSE (G = H // K query heads share a kv head), k_BKTE, v_BKTE, so GQA never repeats k/v.
-The chunk functions take a q chunk and a kv chunk of any lengths: blockwise attention is one chunk pair, ring
-attention one chunk pair per hop.
+The per-kv-block steps are shared: blockwise attention loops them over its own k/v; ring attention over the k/v
+blocks visiting from other devices, sending each on as soon as it is done.
 """
 
 from __future__ import annotations
@@ -54,12 +56,17 @@ def hidden(q: BlockSummary, kv: BlockSummary) -> jax.Array:
   return jnp.all(disjoint_B | future_B)
 
 
-def _take(x: jax.Array, index: jax.Array, block: int, axis: int) -> jax.Array:
+def take(x: jax.Array, index: jax.Array, block: int, axis: int) -> jax.Array:
+  """Block `index` of length `block` along `axis`."""
   return lax.dynamic_slice_in_dim(x, index * block, block, axis=axis)
 
 
-def _take_mask(mask: AttentionMask, index: jax.Array, block: int) -> AttentionMask:
-  return jax.tree.map(lambda a: _take(a, index, block, axis=1), mask)
+def take_mask(mask: AttentionMask, index: jax.Array, block: int) -> AttentionMask:
+  return jax.tree.map(lambda a: take(a, index, block, axis=1), mask)
+
+
+def _put(x: jax.Array, x_block: jax.Array, index: jax.Array, block: int, axis: int) -> jax.Array:
+  return lax.dynamic_update_slice_in_dim(x, x_block, index * block, axis=axis)
 
 
 def _pick(summary: BlockSummary, index: jax.Array) -> BlockSummary:
@@ -73,102 +80,126 @@ def _logits(q_BKGQE: jax.Array, k_BKTE: jax.Array, q_mask: AttentionMask, kv_mas
   return s_BKGQT, q_mask.sees(kv_mask)[:, None, None]
 
 
-def forward_chunk(q_BKGSE: jax.Array, k_BKTE: jax.Array, v_BKTE: jax.Array, q_mask: AttentionMask,
-                  kv_mask: AttentionMask, q_block: int, kv_block: int, skip: jax.Array | bool = False) -> tuple:
-  """Returns (out_BKGSE float32 normalised, lse_BKGS float32, visited block pairs).
+class Softmax(NamedTuple):
+  """Online-softmax accumulators for every query, float32: unnormalised output, running max and running sum."""
+  o_BKGSE: jax.Array
+  m_BKGS: jax.Array
+  l_BKGS: jax.Array
 
-  Queries that see no key of this chunk get out 0 and lse -inf, which merge cleanly across ring hops. skip=True
-  (a ring hop known to be hidden) skips every block pair: cheaper than a cond around the whole chunk, which would
-  copy its full-length carry.
+  @classmethod
+  def start(cls, q_BKGSE: jax.Array) -> 'Softmax':
+    stats = q_BKGSE.shape[:-1]
+    return cls(jnp.zeros(q_BKGSE.shape, jnp.float32), jnp.full(stats, -jnp.inf), jnp.zeros(stats, jnp.float32))
+
+  def finish(self) -> tuple:
+    """(out_BKGSE normalised, lse_BKGS); queries that saw no key get out 0 and lse -inf."""
+    seen = self.l_BKGS > 0
+    l_safe = jnp.where(seen, self.l_BKGS, 1.0)
+    return self.o_BKGSE / l_safe[..., None], jnp.where(seen, self.m_BKGS + jnp.log(l_safe), -jnp.inf)
+
+
+def forward_kv_block(softmax: Softmax, visited: jax.Array, q_BKGSE: jax.Array, q_mask: AttentionMask,
+                     q_summary: BlockSummary, k_BKLE: jax.Array, v_BKLE: jax.Array, kv_mask: AttentionMask,
+                     q_block: int) -> tuple:
+  """Folds one kv block into the softmax of every q block that sees any of it; returns (softmax, visited + pairs).
+
+  The kv block is the outer loop (of blockwise attention, and of each ring hop), so a block can move on as soon as
+  it is done: ring attention sends k/v block by block.
   """
-  B, K, G, S, E = q_BKGSE.shape
-  nq, nk = S // q_block, k_BKTE.shape[2] // kv_block
-  q_sum, kv_sum = summarize(q_mask, q_block), summarize(kv_mask, kv_block)
+  kv_summary = _pick(summarize(kv_mask, kv_mask.positions.shape[1]), 0)
 
-  def q_step(visited, i):
-    q_BKGQE = _take(q_BKGSE, i, q_block, axis=3)
-    qm = _take_mask(q_mask, i, q_block)
+  def q_step(i, carry):
+    softmax, visited = carry
+    o_BKGQE, m_BKGQ, l_BKGQ = blocks = tuple(take(a, i, q_block, axis=3) for a in softmax)
 
-    def kv_step(j, carry):
-      def compute(carry):
-        o_BKGQE, m_BKGQ, l_BKGQ, count = carry
-        v_BKLE = _take(v_BKTE, j, kv_block, axis=2)
-        s_BKGQL, vis_B11QL = _logits(q_BKGQE, _take(k_BKTE, j, kv_block, axis=2), qm,
-                                     _take_mask(kv_mask, j, kv_block))
-        s_BKGQL = jnp.where(vis_B11QL, s_BKGQL, -jnp.inf)
-        m_new = jnp.maximum(m_BKGQ, s_BKGQL.max(-1))
-        m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-        p_BKGQL = jnp.exp(s_BKGQL - m_safe[..., None])
-        correction = jnp.exp(m_BKGQ - m_safe)
-        pv_BKGQE = jnp.einsum('bkgql,bkle->bkgqe', p_BKGQL.astype(v_BKLE.dtype), v_BKLE,
-                              preferred_element_type=jnp.float32)
-        return (o_BKGQE * correction[..., None] + pv_BKGQE, m_new, l_BKGQ * correction + p_BKGQL.sum(-1),
-                count + 1)
+    def compute(blocks):
+      s_BKGQL, vis_B11QL = _logits(take(q_BKGSE, i, q_block, axis=3), k_BKLE, take_mask(q_mask, i, q_block), kv_mask)
+      s_BKGQL = jnp.where(vis_B11QL, s_BKGQL, -jnp.inf)
+      m_new = jnp.maximum(m_BKGQ, s_BKGQL.max(-1))
+      m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+      p_BKGQL = jnp.exp(s_BKGQL - m_safe[..., None])
+      correction = jnp.exp(m_BKGQ - m_safe)
+      pv_BKGQE = jnp.einsum('bkgql,bkle->bkgqe', p_BKGQL.astype(v_BKLE.dtype), v_BKLE,
+                            preferred_element_type=jnp.float32)
+      return o_BKGQE * correction[..., None] + pv_BKGQE, m_new, l_BKGQ * correction + p_BKGQL.sum(-1)
 
-      return lax.cond(skip | hidden(_pick(q_sum, i), _pick(kv_sum, j)), lambda c: c, compute, carry)
+    skip = hidden(_pick(q_summary, i), kv_summary)
+    blocks = lax.cond(skip, lambda b: b, compute, blocks)
+    return Softmax(*(_put(a, b, i, q_block, axis=3) for a, b in zip(softmax, blocks))), visited + (~skip)
 
-    init = (jnp.zeros((B, K, G, q_block, E), jnp.float32), jnp.full((B, K, G, q_block), -jnp.inf),
-            jnp.zeros((B, K, G, q_block), jnp.float32), visited)
-    o_BKGQE, m_BKGQ, l_BKGQ, visited = lax.fori_loop(0, nk, kv_step, init)
-    seen = l_BKGQ > 0
-    lse_BKGQ = jnp.where(seen, m_BKGQ + jnp.log(jnp.where(seen, l_BKGQ, 1.0)), -jnp.inf)
-    return visited, (o_BKGQE / jnp.where(seen, l_BKGQ, 1.0)[..., None], lse_BKGQ)
+  return lax.fori_loop(0, q_BKGSE.shape[3] // q_block, q_step, (softmax, visited))
 
-  visited, (o_NBKGQE, lse_NBKGQ) = lax.scan(q_step, jnp.int32(0), jnp.arange(nq))
-  out_BKGSE = jnp.moveaxis(o_NBKGQE, 0, 3).reshape(B, K, G, S, E)
-  lse_BKGS = jnp.moveaxis(lse_NBKGQ, 0, 3).reshape(B, K, G, S)
-  return out_BKGSE, lse_BKGS, visited
+
+def forward_chunk(q_BKGSE: jax.Array, k_BKTE: jax.Array, v_BKTE: jax.Array, q_mask: AttentionMask,
+                  kv_mask: AttentionMask, q_block: int, kv_block: int) -> tuple:
+  """Returns (out_BKGSE float32 normalised, lse_BKGS float32, visited block pairs)."""
+  q_summary = summarize(q_mask, q_block)
+
+  def kv_step(j, carry):
+    return forward_kv_block(*carry, q_BKGSE, q_mask, q_summary, take(k_BKTE, j, kv_block, axis=2),
+                            take(v_BKTE, j, kv_block, axis=2), take_mask(kv_mask, j, kv_block), q_block)
+
+  softmax, visited = lax.fori_loop(0, k_BKTE.shape[2] // kv_block, kv_step, (Softmax.start(q_BKGSE), jnp.int32(0)))
+  return *softmax.finish(), visited
+
+
+def backward_kv_block(grads: tuple, q_BKGSE: jax.Array, do_BKGSE: jax.Array, lse_BKGS: jax.Array,
+                      delta_BKGS: jax.Array, q_mask: AttentionMask, q_summary: BlockSummary, k_BKLE: jax.Array,
+                      v_BKLE: jax.Array, kv_mask: AttentionMask, q_block: int) -> tuple:
+  """grads = (dq_BKGSE, dk_BKLE, dv_BKLE), float32: adds this kv block's share into the full-length dq (in place)
+  and the block's own dk, dv, given the global lse and delta = sum(do * out). Recomputes probabilities block by
+  block: memory O(S), never [S, S].
+  """
+  kv_summary = _pick(summarize(kv_mask, kv_mask.positions.shape[1]), 0)
+  scale = q_BKGSE.shape[-1]**-0.5
+
+  def q_step(i, grads):
+    dq_BKGSE, dk_BKLE, dv_BKLE = grads
+
+    def compute(block_grads):
+      dq_BKGQE, dk_BKLE, dv_BKLE = block_grads
+      q_BKGQE = take(q_BKGSE, i, q_block, axis=3)
+      do_BKGQE = take(do_BKGSE, i, q_block, axis=3)
+      s_BKGQL, vis_B11QL = _logits(q_BKGQE, k_BKLE, take_mask(q_mask, i, q_block), kv_mask)
+      lse_BKGQ = take(lse_BKGS, i, q_block, axis=3)
+      p_BKGQL = jnp.where(vis_B11QL, jnp.exp(s_BKGQL - lse_BKGQ[..., None]), 0.0)
+      dv_BKLE = dv_BKLE + jnp.einsum('bkgql,bkgqe->bkle', p_BKGQL.astype(do_BKGQE.dtype), do_BKGQE,
+                                     preferred_element_type=jnp.float32)
+      dp_BKGQL = jnp.einsum('bkgqe,bkle->bkgql', do_BKGQE, v_BKLE, preferred_element_type=jnp.float32)
+      ds_BKGQL = p_BKGQL * (dp_BKGQL - take(delta_BKGS, i, q_block, axis=3)[..., None]) * scale
+      dq_BKGQE = dq_BKGQE + jnp.einsum('bkgql,bkle->bkgqe', ds_BKGQL.astype(k_BKLE.dtype), k_BKLE,
+                                       preferred_element_type=jnp.float32)
+      dk_BKLE = dk_BKLE + jnp.einsum('bkgql,bkgqe->bkle', ds_BKGQL.astype(q_BKGQE.dtype), q_BKGQE,
+                                     preferred_element_type=jnp.float32)
+      return dq_BKGQE, dk_BKLE, dv_BKLE
+
+    block_grads = (take(dq_BKGSE, i, q_block, axis=3), dk_BKLE, dv_BKLE)
+    dq_BKGQE, dk_BKLE, dv_BKLE = lax.cond(hidden(_pick(q_summary, i), kv_summary), lambda g: g, compute,
+                                          block_grads)
+    return _put(dq_BKGSE, dq_BKGQE, i, q_block, axis=3), dk_BKLE, dv_BKLE
+
+  return lax.fori_loop(0, q_BKGSE.shape[3] // q_block, q_step, grads)
 
 
 def backward_chunk(q_BKGSE: jax.Array, k_BKTE: jax.Array, v_BKTE: jax.Array, q_mask: AttentionMask,
                    kv_mask: AttentionMask, do_BKGSE: jax.Array, lse_BKGS: jax.Array, delta_BKGS: jax.Array,
-                   grads: tuple, q_block: int, kv_block: int, skip: jax.Array | bool = False) -> tuple:
-  """Adds one chunk pair's gradients into grads = (dq_BKGSE, dk_BKTE, dv_BKTE), float32, given the global lse and
-  delta = sum(do * out). skip as in forward_chunk.
-
-  Outer loop over kv blocks (a block's dk/dv live in the loop carry), inner loop over q blocks that adds into the
-  full-length dq: memory O(S), never [S, S]. Accumulating in place keeps no second copy of any gradient.
-  """
-  B, K, G, S, E = q_BKGSE.shape
-  T = k_BKTE.shape[2]
-  nq, nk = S // q_block, T // kv_block
-  q_sum, kv_sum = summarize(q_mask, q_block), summarize(kv_mask, kv_block)
-  scale = E**-0.5
+                   q_block: int, kv_block: int) -> tuple:
+  """(dq_BKGSE, dk_BKTE, dv_BKTE), float32: kv blocks outer, each block's dk/dv written once when done."""
+  q_summary = summarize(q_mask, q_block)
+  B, K, T, E = k_BKTE.shape
 
   def kv_step(j, grads):
     dq_BKGSE, dk_BKTE, dv_BKTE = grads
-    k_BKLE = _take(k_BKTE, j, kv_block, axis=2)
-    v_BKLE = _take(v_BKTE, j, kv_block, axis=2)
-    kvm = _take_mask(kv_mask, j, kv_block)
+    zeros_BKLE = jnp.zeros((B, K, kv_block, E), jnp.float32)
+    dq_BKGSE, dk_BKLE, dv_BKLE = backward_kv_block(
+        (dq_BKGSE, zeros_BKLE, zeros_BKLE), q_BKGSE, do_BKGSE, lse_BKGS, delta_BKGS, q_mask, q_summary,
+        take(k_BKTE, j, kv_block, axis=2), take(v_BKTE, j, kv_block, axis=2), take_mask(kv_mask, j, kv_block),
+        q_block)
+    return dq_BKGSE, _put(dk_BKTE, dk_BKLE, j, kv_block, axis=2), _put(dv_BKTE, dv_BKLE, j, kv_block, axis=2)
 
-    def q_step(i, carry):
-      def compute(carry):
-        dq_BKGSE, dk_BKLE, dv_BKLE = carry
-        q_BKGQE = _take(q_BKGSE, i, q_block, axis=3)
-        do_BKGQE = _take(do_BKGSE, i, q_block, axis=3)
-        s_BKGQL, vis_B11QL = _logits(q_BKGQE, k_BKLE, _take_mask(q_mask, i, q_block), kvm)
-        lse_BKGQ = _take(lse_BKGS, i, q_block, axis=3)
-        p_BKGQL = jnp.where(vis_B11QL, jnp.exp(s_BKGQL - lse_BKGQ[..., None]), 0.0)
-        dv_BKLE = dv_BKLE + jnp.einsum('bkgql,bkgqe->bkle', p_BKGQL.astype(do_BKGQE.dtype), do_BKGQE,
-                                       preferred_element_type=jnp.float32)
-        dp_BKGQL = jnp.einsum('bkgqe,bkle->bkgql', do_BKGQE, v_BKLE, preferred_element_type=jnp.float32)
-        ds_BKGQL = p_BKGQL * (dp_BKGQL - _take(delta_BKGS, i, q_block, axis=3)[..., None]) * scale
-        dq_BKGQE = jnp.einsum('bkgql,bkle->bkgqe', ds_BKGQL.astype(k_BKLE.dtype), k_BKLE,
-                              preferred_element_type=jnp.float32)
-        dq_BKGSE = lax.dynamic_update_slice_in_dim(
-            dq_BKGSE, _take(dq_BKGSE, i, q_block, axis=3) + dq_BKGQE, i * q_block, axis=3)
-        dk_BKLE = dk_BKLE + jnp.einsum('bkgql,bkgqe->bkle', ds_BKGQL.astype(q_BKGQE.dtype), q_BKGQE,
-                                       preferred_element_type=jnp.float32)
-        return dq_BKGSE, dk_BKLE, dv_BKLE
-
-      return lax.cond(skip | hidden(_pick(q_sum, i), _pick(kv_sum, j)), lambda c: c, compute, carry)
-
-    init = (dq_BKGSE, _take(dk_BKTE, j, kv_block, axis=2), _take(dv_BKTE, j, kv_block, axis=2))
-    dq_BKGSE, dk_BKLE, dv_BKLE = lax.fori_loop(0, nq, q_step, init)
-    return (dq_BKGSE, lax.dynamic_update_slice_in_dim(dk_BKTE, dk_BKLE, j * kv_block, axis=2),
-            lax.dynamic_update_slice_in_dim(dv_BKTE, dv_BKLE, j * kv_block, axis=2))
-
-  return lax.fori_loop(0, nk, kv_step, grads)
+  zeros = (jnp.zeros(q_BKGSE.shape, jnp.float32), jnp.zeros(k_BKTE.shape, jnp.float32),
+           jnp.zeros(v_BKTE.shape, jnp.float32))
+  return lax.fori_loop(0, T // kv_block, kv_step, zeros)
 
 
 def delta(do_BKGSE: jax.Array, out_BKGSE: jax.Array) -> jax.Array:
@@ -191,10 +222,8 @@ def _blockwise_fwd(q_BKGSE, k_BKSE, v_BKSE, mask, q_block, kv_block):
 
 def _blockwise_bwd(q_block, kv_block, residuals, do_BKGSE):
   q_BKGSE, k_BKSE, v_BKSE, mask, out_BKGSE, lse_BKGS = residuals
-  grads = (jnp.zeros(q_BKGSE.shape, jnp.float32), jnp.zeros(k_BKSE.shape, jnp.float32),
-           jnp.zeros(v_BKSE.shape, jnp.float32))
   dq, dk, dv = backward_chunk(q_BKGSE, k_BKSE, v_BKSE, mask, mask, do_BKGSE, lse_BKGS,
-                              delta(do_BKGSE, out_BKGSE), grads, q_block, kv_block)
+                              delta(do_BKGSE, out_BKGSE), q_block, kv_block)
   return dq.astype(q_BKGSE.dtype), dk.astype(k_BKSE.dtype), dv.astype(v_BKSE.dtype), None
 
 

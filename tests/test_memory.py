@@ -47,9 +47,9 @@ def test_ring_per_device_memory_shrinks_with_devices():
   ring = _attention_temp_bytes('ring', 4096)
   blockwise = _attention_temp_bytes('blockwise', 4096)
   local = _attention_temp_bytes('blockwise', 4096 // 8)
-  assert ring * 3.5 <= blockwise  # measured 1/4.1 at 4096, 1/4.3 at 8192: ring buffers cost a constant factor
-  assert ring <= 1.8 * local  # measured 1.53: the receive buffers of the rotating k, v, dk, dv
-  assert _attention_temp_bytes('ring', 4096, devices=4) >= 1.7 * ring  # halving the devices: measured 1.87x
+  assert ring * 4.5 <= blockwise  # measured 1/4.9 at 4096, 1/5.4 at 8192
+  assert ring <= 1.4 * local  # measured 1.25
+  assert _attention_temp_bytes('ring', 4096, devices=4) >= 1.6 * ring  # halving the devices: measured 1.78x
 
 
 def test_bpt_layer_peak_under_a_third_of_blockwise_with_standard_ffn():

@@ -4,12 +4,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
 
 from models.attention import AttentionMask, attend
-from models import ring_attention
+from models import blockwise_attention, ring_attention
 from models.ring_attention import zigzag_inverse_permutation, zigzag_permutation
-from tests.test_attention import _outputs_and_grads, dense_mask, make_mask, random_qkv, reference
+from tests.test_attention import _outputs_and_grads, _visited, dense_mask, make_mask, random_qkv, reference
 
 AXES = ('data', 'fsdp', 'tensor', 'sequence')
 S, H, K, E, BLOCK = 128, 4, 2, 8, 8
@@ -58,16 +60,31 @@ def test_ring_matches_reference(shape, axis_type, batch):
       np.testing.assert_allclose(restore(got), want, atol=1e-4, rtol=1e-4, err_msg=f'{case} d{name}')
 
 
-def test_ring_skips_hidden_hops():
-  """Natural causal layout: device 0 never needs device 3's chunk; packed documents that don't meet are skipped."""
-  mask = make_mask('causal', 2, 64)
-  chunk = lambda m, i: jax.tree.map(lambda a: a[:, 16 * i:16 * (i + 1)], m)
-  assert ring_attention._chunk_hidden(chunk(mask, 0), chunk(mask, 3))
-  assert not ring_attention._chunk_hidden(chunk(mask, 3), chunk(mask, 0))
-  prefix = AttentionMask(mask.segment_ids, mask.positions, mask.positions < 40)
-  assert not ring_attention._chunk_hidden(chunk(prefix, 0), chunk(prefix, 2))
-  docs = AttentionMask(mask.segment_ids + (mask.positions >= 32), mask.positions % 32, jnp.ones((2, 64), bool))
-  assert ring_attention._chunk_hidden(chunk(docs, 3), chunk(docs, 0))
+def _ring_visited(mask: AttentionMask, n: int, block: int) -> int:
+  """Block pairs the ring's forward computes, summed over its n devices (natural layout)."""
+  batch, seq_len = mask.positions.shape
+  q, k, v, _ = random_qkv(batch=batch, seq_len=seq_len, heads=1, kv_heads=1, head_dim=4)
+  mesh = jax.make_mesh((1, 1, 1, n), AXES, axis_types=(AxisType.Auto,) * 4, devices=jax.devices()[:n])
+
+  def local(q, k, v, mask):
+    internal = blockwise_attention.to_internal(q, k, v)
+    return lax.psum(ring_attention._forward(*internal, mask, n, block, block)[2], 'sequence')
+
+  specs = (P(None, 'sequence'),) * 4
+  return int(jax.jit(jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P(), check_vma=False))(q, k, v, mask))
+
+
+def test_ring_skips_exactly_the_hidden_block_pairs():
+  """4 devices x 2 blocks: the ring computes the block pairs single-device blockwise does on the same 8 x 8 grid,
+  so causal hops from later devices (device 0 never needs device 3's chunk) and documents that never meet cost
+  nothing."""
+  seq_len, block = 256, 32
+  tokens = np.tile(np.arange(seq_len, dtype=np.int32), (2, 1))
+  packed = AttentionMask(jnp.asarray(tokens // 64 + 1), jnp.asarray(tokens % 64), jnp.zeros((2, seq_len), bool))
+  for kind, mask, pairs in [('causal', make_mask('causal', 2, seq_len), 36), ('packed', packed, 12),
+                            ('bidirectional', make_mask('bidirectional', 2, seq_len), 64)]:
+    assert _visited(mask, block) == pairs, kind
+    assert _ring_visited(mask, 4, block) == pairs, kind
 
 
 def test_ring_needs_a_sequence_axis():
@@ -78,7 +95,10 @@ def test_ring_needs_a_sequence_axis():
   with jax.set_mesh(jax.make_mesh((8, 1, 1, 1), AXES)):
     with pytest.raises(ValueError, match='sequence'):
       attend(q, k, v, mask, kind='ring')
-
+  q, k, v, _ = random_qkv(batch=2, seq_len=24, heads=2, kv_heads=2, head_dim=4)
+  with jax.set_mesh(jax.make_mesh((1, 1, 1, 8), AXES)):
+    with pytest.raises(ValueError, match='even per-device length'):  # 3 tokens per device: one block, not two
+      attend(q, k, v, AttentionMask.causal(2, 24), kind='ring')
 
 
 def test_bfloat16_outputs_and_gradients_every_path():
