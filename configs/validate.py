@@ -1,5 +1,7 @@
 """Config checks that run before anything is built or compiled; each failure is one ConfigError line."""
 
+import math
+
 import ml_collections
 
 from configs.errors import ConfigError
@@ -85,4 +87,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                       f'must be divisible by mesh.data x mesh.fsdp = {shards}')
   if d.seq_len % sizes['sequence']:
     raise ConfigError('data.seq_len', d.seq_len, f'must be divisible by mesh.sequence={sizes["sequence"]}')
+  length = dict(rules.parse(config.mesh.rules))['length']
+  local = d.seq_len // math.prod(sizes[a] for a in ((length,) if isinstance(length, str) else length or ()))
+  if m.ffn == 'blockwise' and m.ffn_block < local and local % m.ffn_block:
+    raise ConfigError('model.ffn_block', m.ffn_block,
+                      f'must divide the per-device sequence length {local} (data.seq_len split over the mesh)')
   pipeline.check_config(config)

@@ -10,9 +10,11 @@ Parameter shardings come from the config's rules directly; activations and batch
 
 import contextlib
 import contextvars
+import math
 from collections.abc import Iterator, Sequence
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from configs import default as default_config
@@ -92,3 +94,29 @@ def constrain(x: jax.Array, axes: Sequence[str | None], rules: LogicalRules | No
   if mesh.empty or 'sequence' not in mesh.axis_names:
     return x
   return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, rules))
+
+
+def length_shards(rules: LogicalRules | None = None) -> int:
+  """How many ways activations' `length` axis is split on the current mesh (1 where constrain is a no-op)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or 'sequence' not in mesh.axis_names:
+    return 1
+  target = logical_to_spec(('length',), rules)[0]
+  return math.prod(dict(mesh.shape)[a] for a in ((target,) if isinstance(target, str) else target or ()))
+
+
+def sequence_chunks(x_BS: jax.Array, block: int) -> jax.Array:
+  """[B, S, ...] -> [N, B, P, block, ...]: each of the P sequence shards cut into N chunks of `block`.
+
+  A scan over N then takes chunk n of every device's own part at once; scanning chunks of the global sequence
+  would make XLA gather the sharded sequence onto every device. Undo with `merge_sequence_chunks`.
+  """
+  B, S, *rest = x_BS.shape
+  shards = length_shards()
+  x_BPNC = x_BS.reshape(B, shards, S // (shards * block), block, *rest)
+  return constrain(jnp.moveaxis(x_BPNC, 2, 0), (None, 'batch', 'length') + (None,) * (1 + len(rest)))
+
+
+def merge_sequence_chunks(x_NBPC: jax.Array) -> jax.Array:
+  N, B, shards, block, *rest = x_NBPC.shape
+  return jnp.moveaxis(x_NBPC, 0, 2).reshape(B, shards * N * block, *rest)

@@ -85,3 +85,13 @@ def test_dcn_data_must_match_the_granules():
   c.dcn_data = 3
   with pytest.raises(ConfigError, match='mesh.dcn_data'):
     validate(cfg(**{'mesh.dcn_data': 3}), 8)
+
+
+def test_ffn_block_must_divide_each_devices_share_of_the_sequence():
+  """768 tokens over a sequence axis of 2: 384 per device, which a 256-token FFN chunk does not divide."""
+  overrides = {'data.seq_len': 768, 'model.ffn': 'blockwise', 'model.attention': 'ring', 'mesh.sequence': 2,
+               'mesh.data': 1, 'model.q_block': 64, 'model.kv_block': 64}
+  validate(cfg(**overrides, **{'model.ffn_block': 128}), 2)
+  with pytest.raises(ConfigError, match='per-device sequence length 384') as err:
+    validate(cfg(**overrides, **{'model.ffn_block': 256}), 2)
+  assert err.value.key == 'model.ffn_block'

@@ -96,14 +96,20 @@ def test_fsdp_step_compiles_without_full_rematerialization(mesh, tmp_path):
   assert 'Involuntary full rematerialization' not in proc.stderr, proc.stderr[-2000:]
 
 
-@pytest.mark.parametrize('model', [dict(attention='blockwise'), dict(attention='blockwise', ffn='blockwise')])
-def test_attention_paths_give_vanilla_losses(model, reference_losses):
-  """A few training steps with blockwise attention / BPT match vanilla (ring is covered by the sequence meshes)."""
-  config = config_for({})
+@pytest.mark.parametrize('model, mesh', [
+    (dict(attention='blockwise'), {}),
+    (dict(attention='blockwise', ffn='blockwise'), {}),
+    (dict(ffn='blockwise', ffn_block=8), dict(data=2, sequence=4)),  # ring; 2 FFN and loss chunks per shard
+])
+def test_attention_paths_give_vanilla_losses(model, mesh, reference_losses):
+  """A few training steps with blockwise attention / BPT / ring with BPT match vanilla (plain ring is covered by
+  the sequence meshes)."""
+  config = config_for(mesh)
   config.model.ffn_block = 16
   for k, v in model.items():
     config.model[k] = v
-  np.testing.assert_allclose(train_losses(config, jax.devices()[:1]), reference_losses, rtol=1e-5)
+  devices = jax.devices() if mesh else jax.devices()[:1]
+  np.testing.assert_allclose(train_losses(config, devices), reference_losses, rtol=1e-5)
 
 
 def test_config_rules_change_the_layout_not_the_numbers(reference_losses):

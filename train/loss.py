@@ -8,10 +8,13 @@ sums (not means) so they add up across chunks, devices and eval batches; divide 
 import jax
 import jax.numpy as jnp
 
+from sharding.rules import length_shards, sequence_chunks
+
 
 def _chunk_sums(h_BCD: jax.Array, w_DV: jax.Array, targets_BC: jax.Array, weights_BC: jax.Array,
                 token_bytes_V: jax.Array) -> dict[str, jax.Array]:
-  logits_BCV = jnp.einsum('bcd,dv->bcv', h_BCD, w_DV).astype(jnp.float32)
+  """Sums over a [B, C] chunk, or a [B, P, C] one (a chunk of each sequence shard)."""
+  logits_BCV = jnp.einsum('...d,dv->...v', h_BCD, w_DV).astype(jnp.float32)
   target_logit_BC = jnp.take_along_axis(logits_BCV, targets_BC[..., None], axis=-1)[..., 0]
   nll_BC = jax.nn.logsumexp(logits_BCV, axis=-1) - target_logit_BC
   correct_BC = (jnp.argmax(logits_BCV, axis=-1) == targets_BC).astype(jnp.float32)
@@ -26,12 +29,9 @@ def _chunk_sums(h_BCD: jax.Array, w_DV: jax.Array, targets_BC: jax.Array, weight
 def loss_sums(h_BSD: jax.Array, w_DV: jax.Array, targets_BS: jax.Array, weights_BS: jax.Array,
               token_bytes_V: jax.Array, block: int | None = None) -> dict[str, jax.Array]:
   """Sums of weighted NLL (nats), correct predictions, weights and target UTF-8 bytes (for bits per byte)."""
-  B, S, D = h_BSD.shape
-  if block is None or block >= S:
+  if block is None or block * length_shards() >= h_BSD.shape[1]:
     return _chunk_sums(h_BSD, w_DV, targets_BS, weights_BS, token_bytes_V)
-  n = S // block
-  chunks = (h_BSD.reshape(B, n, block, D).swapaxes(0, 1), targets_BS.reshape(B, n, block).swapaxes(0, 1),
-            weights_BS.reshape(B, n, block).swapaxes(0, 1))
+  chunks = tuple(sequence_chunks(x, block) for x in (h_BSD, targets_BS, weights_BS))
   chunk_fn = jax.checkpoint(lambda h, t, w: _chunk_sums(h, w_DV, t, w, token_bytes_V))
 
   def body(total, chunk):
