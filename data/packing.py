@@ -56,26 +56,35 @@ class _RowBuilder:
     return row
 
 
-def iter_rows(docs: Iterable[np.ndarray], seq_len: int, bos_id: int, eos_id: int,
-              pad_id: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-  """Yields (tokens_S, segment_ids_S, positions_S) rows as they fill; `docs` are token ids without bos/eos."""
+def iter_rows(docs: Iterable[np.ndarray], seq_len: int, bos_id: int, eos_id: int, pad_id: int,
+              first_offset: int = 0) -> Iterator[tuple[tuple[np.ndarray, np.ndarray, np.ndarray], tuple[int, int]]]:
+  """Yields (row, start) as rows fill: row = (tokens_S, segment_ids_S, positions_S), start = (d, o) when the row's
+  first token is token o of document d's bos + tokens + eos (d counts `docs` from 0). `docs` are token ids without
+  bos/eos. With `first_offset` the first document starts at that token: given the documents from d on and o, this
+  yields the same rows as the whole stream did from that row on (how a stream resumes mid-document).
+  """
   row = _RowBuilder(seq_len, pad_id)
-  for doc_T in docs:
+  start = (0, first_offset)
+  for d, doc_T in enumerate(docs):
     doc_T = np.concatenate([[bos_id], np.asarray(doc_T, np.int32), [eos_id]]).astype(np.int32)
-    if len(doc_T) > row.room and len(doc_T) <= seq_len:
-      yield row.take()
-    while len(doc_T):
-      piece_T, doc_T = doc_T[:row.room], doc_T[row.room:]
+    done = first_offset if d == 0 else 0  # tokens of this document already in earlier rows
+    if len(doc_T) - done > row.room and len(doc_T) <= seq_len:
+      yield row.take(), start
+      start = (d, 0)
+    while done < len(doc_T):
+      piece_T = doc_T[done:done + row.room]
       row.add(piece_T)
+      done += len(piece_T)
       if not row.room:
-        yield row.take()
+        yield row.take(), start
+        start = (d, done) if done < len(doc_T) else (d + 1, 0)
   if row.fill:
-    yield row.take()
+    yield row.take(), start
 
 
 def pack(docs: Iterable[np.ndarray], seq_len: int, bos_id: int, eos_id: int, pad_id: int) -> Rows:
   """All rows of `docs` at once: [N, S] arrays (N = 0 when there are no documents)."""
-  rows = list(iter_rows(docs, seq_len, bos_id, eos_id, pad_id))
+  rows = [row for row, _ in iter_rows(docs, seq_len, bos_id, eos_id, pad_id)]
   if not rows:
     return Rows(*(np.zeros((0, seq_len), np.int32) for _ in range(3)))
   return Rows(*(np.stack(parts) for parts in zip(*rows)))

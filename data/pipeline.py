@@ -11,13 +11,17 @@ takes its contiguous B/P of them, so the processes' rows are disjoint and togeth
 
 Catalogue datasets (data.tfds_name) may not fit in memory, so they are streamed: each process reads its own
 tfds.even_splits slice in stored order (no shuffle; catalogue data such as c4 is stored shuffled), packs as it
-goes and repeats at the end. Batch `step` is rows [step*b, (step+1)*b) of that process's stream (b = B/P); asking
-for an earlier step than the last rereads from the start, a later one skips forward, so results depend only on step
-(skipping costs reading the skipped text). Here the global batch is the processes' batches together, which differs
-from what one process would read alone.
+goes and repeats at the end. Batch `step` is rows [step*b, (step+1)*b) of that process's stream (b = B/P), so
+results depend only on step. Where every 64th row starts (epoch, document, token offset) is recorded as the stream
+is read, and saved to data.cache_dir every 1024 rows: a batch behind the reader, or far ahead (a resumed run), is
+reached by skipping to the nearest recorded row at or before it (skipped documents are not decoded or tokenized)
+and packing < 64 rows from there; only rows this machine has never recorded must be read through. Here the global batch is the processes'
+batches together, which differs from what one process would read alone.
 """
 
 import hashlib
+import io
+import pathlib
 import re
 from collections.abc import Iterable, Iterator
 from typing import Protocol
@@ -28,6 +32,8 @@ from configs.errors import ConfigError
 from data import cache, packing, sources, tokenizers
 
 _PACK_FORMAT = 1  # bump when packing changes, so cached arrays are rebuilt
+_INDEX_EVERY = 64  # streamed rows between recorded row starts: a resumed stream seeks to one, then reads < 64 rows
+_INDEX_SAVE_EVERY = 16  # recorded starts between writes of the table (a new run re-reads at most 64 * 16 rows)
 _FIELDS = ('tokens', 'segment_ids', 'positions')
 
 
@@ -69,7 +75,9 @@ def make_dataset(config, split: str, process_index: int = 0, process_count: int 
     rows = _packed(d, corpus, split, tokenizer)
     return LocalDataset(tokenizer, rows, process_index, process_count,
                         seed=config.seed, shuffle=split == d.train_split if shuffle is None else shuffle)
-  return StreamingDataset(tokenizer, corpus, split, d.seq_len, process_index, process_count)
+  index = (cache.root(d) / 'stream_index' / f'{corpus.identity}_{_split_key(split)}_{tokenizer.identity}_S{d.seq_len}_'
+           f'p{process_index}of{process_count}_f{_PACK_FORMAT}.npy')
+  return StreamingDataset(tokenizer, corpus, split, d.seq_len, process_index, process_count, index)
 
 
 def _train_texts(corpus: sources.Corpus, split: str) -> Iterator[str]:
@@ -80,10 +88,15 @@ def _train_texts(corpus: sources.Corpus, split: str) -> Iterator[str]:
     yield from sources.stream_documents(corpus, split, 0, 1)
 
 
+def _split_key(split: str) -> str:
+  """A split spec ('train[:90%]') as a file-name part."""
+  return f'{re.sub(r"[^A-Za-z0-9_]", "_", split)}_{hashlib.sha256(split.encode()).hexdigest()[:8]}'
+
+
 def _packed(d, corpus: sources.Corpus, split: str, tokenizer: tokenizers.Tokenizer) -> dict[str, np.ndarray]:
   """The whole split tokenized and packed, from the cache (built here on first use)."""
-  split_name = f'{re.sub(r"[^A-Za-z0-9_]", "_", split)}_{hashlib.sha256(split.encode()).hexdigest()[:8]}'
-  path = cache.root(d) / 'packed' / f'{corpus.identity}_{split_name}_{tokenizer.identity}_S{d.seq_len}_f{_PACK_FORMAT}'
+  name = f'{corpus.identity}_{_split_key(split)}_{tokenizer.identity}_S{d.seq_len}_f{_PACK_FORMAT}'
+  path = cache.root(d) / 'packed' / name
   with cache.lock(path):
     if not path.exists():
       ids = tokenizer.encode_batch(sources.local_documents(corpus, split))
@@ -150,32 +163,54 @@ class StreamingDataset:
     return None  # would need the whole split
 
   def __init__(self, tokenizer: tokenizers.Tokenizer, corpus: sources.Corpus, split: str, seq_len: int,
-               process_index: int, process_count: int):
+               process_index: int, process_count: int, index_path: pathlib.Path):
     self.tokenizer, self.seq_len = tokenizer, seq_len
     self._corpus, self._split = corpus, split
     self._process_index, self._process_count = process_index, process_count
     self._stream: Iterator[tuple[np.ndarray, ...]] | None = None
     self._next_row = 0  # index in this process's stream of the row self._stream yields next
+    self._index_path = index_path
+    self._index = {int(r): (int(e), int(d), int(o)) for r, e, d, o in
+                   (np.load(index_path) if index_path.exists() else np.zeros((0, 4), np.int64))}
+    self._unsaved = 0
 
-  def _endless_rows(self) -> Iterator[tuple[np.ndarray, ...]]:
+  def _rows_from(self, row: int, epoch: int, doc: int, offset: int) -> Iterator[tuple[np.ndarray, ...]]:
+    """The stream from `row` on, which starts at token `offset` of document `doc` of `epoch`; records where every
+    _INDEX_EVERY-th row starts."""
     while True:
-      texts = sources.stream_documents(self._corpus, self._split, self._process_index, self._process_count)
+      texts = sources.stream_documents(self._corpus, self._split, self._process_index, self._process_count, doc)
       empty = True
-      for row in packing.iter_rows(_encoded(self.tokenizer, texts), self.seq_len, self.tokenizer.bos_id,
-                                   self.tokenizer.eos_id, self.tokenizer.pad_id):
+      for arrays, (d, o) in packing.iter_rows(_encoded(self.tokenizer, texts), self.seq_len, self.tokenizer.bos_id,
+                                              self.tokenizer.eos_id, self.tokenizer.pad_id, first_offset=offset):
         empty = False
-        yield row
-      if empty:
+        if row % _INDEX_EVERY == 0 and row not in self._index:
+          self._record(row, (epoch, doc + d, o))
+        yield arrays
+        row += 1
+      if empty and doc == offset == 0:
         raise ConfigError('data.tfds_name', self._corpus.builder.name,
                           f'process {self._process_index} of {self._process_count} got no text from {self._split!r}')
+      epoch, doc, offset = epoch + 1, 0, 0
+
+  def _record(self, row: int, position: tuple[int, int, int]) -> None:
+    """Remember where `row` starts; every _INDEX_SAVE_EVERY new rows, save the table (atomically) for later runs."""
+    self._index[row] = position
+    self._unsaved += 1
+    if self._unsaved >= _INDEX_SAVE_EVERY:
+      buffer = io.BytesIO()
+      np.save(buffer, np.array([(r, *p) for r, p in sorted(self._index.items())], np.int64))
+      self._index_path.parent.mkdir(parents=True, exist_ok=True)
+      cache.write_bytes(self._index_path, buffer.getvalue())
+      self._unsaved = 0
 
   def batch(self, step: int, global_batch_size: int) -> dict[str, np.ndarray]:
     if step < 0:
       raise ValueError(f'step {step} < 0')
     local = _rows_per_process(global_batch_size, self._process_count)
     first = step * local
-    if self._stream is None or first < self._next_row:
-      self._stream, self._next_row = self._endless_rows(), 0
+    known = max((r for r in self._index if r <= first), default=0)
+    if self._stream is None or first < self._next_row or known > self._next_row:
+      self._stream, self._next_row = self._rows_from(known, *self._index.get(known, (0, 0, 0))), known
     for _ in range(first - self._next_row):
       next(self._stream)
     rows = [next(self._stream) for _ in range(local)]

@@ -141,6 +141,20 @@ def test_packing_keeps_documents_whole_apart_and_in_order():
   assert len(rows.tokens_NS) == 12  # next fit, worked by hand: long documents fill the gaps short ones leave
 
 
+def test_packing_resumes_from_any_row_start():
+  """Each row's start (document, offset) is enough to repack from there: the same rows follow, mid-document too."""
+  rng = np.random.default_rng(1)
+  docs = [rng.integers(8, 100, n).astype(np.int32) for n in [0, 3, 14, 14, 15, 40, 1, 7, 16, 5, 33, 2]]
+  stream = list(packing.iter_rows(docs, 16, 1, 2, 0))
+  assert any(offset for _, (_, offset) in stream)  # some rows start inside a long document
+  for r, (_, (doc, offset)) in enumerate(stream):
+    resumed = list(packing.iter_rows(docs[doc:], 16, 1, 2, 0, first_offset=offset))
+    assert [(doc + d, o) for _, (d, o) in resumed] == [start for _, start in stream[r:]]
+    for (want, _), (got, _) in zip(stream[r:], resumed):
+      for a, b in zip(want, got):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_packing_of_nothing_is_empty():
   rows = packing.pack([], 8, 1, 2, 0)
   assert all(a.shape == (0, 8) for a in rows)
@@ -264,6 +278,28 @@ def test_catalogue_name_is_streamed_per_process_and_step_indexed(config, cache_d
   with pytest.raises(ConfigError, match='data.text_key'):
     cat.data.text_key = 'body'
     pipeline.make_dataset(cat, 'train')
+
+
+def test_streamed_batch_is_reached_from_the_nearest_recorded_row(config, cache_dir, monkeypatch):
+  """A new dataset (a resumed run) reaches batch 300 by skipping to the saved start of row 960, inside a document,
+  instead of re-reading the stream from its first document; the rows are the ones the first reader got."""
+  corpus = sources.open_corpus(config.data)
+  cat = make_config(cache_dir, tfds_name=f'{corpus.builder.name}/{corpus.builder.builder_config.name}',
+                    tfds_data_dir=str(cache_dir / 'tfds'), tokenizer='byte', vocab_size=264, seq_len=128)
+  reader = pipeline.make_dataset(cat, 'train', 0, 1)
+  want = reader.batch(300, 4)  # rows 1200..1203; the starts of rows 0, 64, ..., 960 are saved on the way
+  assert reader._index[960][2] > 0  # (epoch, document, token offset): row 960 starts inside a document
+  skips, stream_documents = [], sources.stream_documents
+
+  def spy(corpus, split, process_index, process_count, skip=0):
+    skips.append(skip)
+    return stream_documents(corpus, split, process_index, process_count, skip)
+
+  monkeypatch.setattr(sources, 'stream_documents', spy)
+  got = pipeline.make_dataset(cat, 'train', 0, 1).batch(300, 4)
+  assert skips and skips[0] > 0, skips
+  for name in want:
+    np.testing.assert_array_equal(got[name], want[name])
 
 
 def test_default_corpus_end_to_end_with_bytes(cache_dir):
