@@ -60,6 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train = t = ml_collections.ConfigDict()
   t.steps = 1000  # total optimizer steps
   t.batch_size = 16  # global batch, in packed sequences
+  t.grad_accum_steps = 1  # microbatches per step (gradients summed, one update): activation memory / this
   t.learning_rate = 3e-3  # peak learning rate
   t.warmup_steps = 100  # linear warmup from 0 to learning_rate
   t.end_lr_fraction = 0.1  # cosine decay ends at learning_rate * end_lr_fraction

@@ -10,8 +10,8 @@ from sharding import rules
 from sharding.mesh import mesh_shape
 
 POSITIVE = ('model.num_layers', 'model.d_model', 'model.num_heads', 'model.num_kv_heads', 'model.d_ff',
-            'data.seq_len', 'data.vocab_size', 'train.steps', 'train.batch_size', 'train.log_every',
-            'train.eval_batches', 'checkpoint.every_steps', 'checkpoint.keep')
+            'data.seq_len', 'data.vocab_size', 'train.steps', 'train.batch_size', 'train.grad_accum_steps',
+            'train.log_every', 'train.eval_batches', 'checkpoint.every_steps', 'checkpoint.keep')
 CHOICES = {
     'objective': ('causal', 'prefix_lm', 'masked_lm'),
     'model.ffn': ('standard', 'blockwise'),
@@ -85,6 +85,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if t.batch_size % shards:
     raise ConfigError('train.batch_size', t.batch_size,
                       f'must be divisible by mesh.data x mesh.fsdp = {shards}')
+  if t.batch_size % (t.grad_accum_steps * shards):
+    raise ConfigError('train.grad_accum_steps', t.grad_accum_steps,
+                      f'each microbatch of train.batch_size={t.batch_size} must split over mesh.data x mesh.fsdp = '
+                      f'{shards}: use a divisor of {t.batch_size // shards}')
   if d.seq_len % sizes['sequence']:
     raise ConfigError('data.seq_len', d.seq_len, f'must be divisible by mesh.sequence={sizes["sequence"]}')
   length = dict(rules.parse(config.mesh.rules))['length']

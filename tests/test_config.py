@@ -37,6 +37,8 @@ def test_presets_are_valid():
     ('mesh.tensor', 3, 8),
     ('mesh.fsdp', 16, 8),
     ('train.warmup_steps', -1, 8),
+    ('train.grad_accum_steps', 0, 8),
+    ('train.grad_accum_steps', 3, 1),  # 16 rows do not split into 3 microbatches
 ])
 def test_bad_values_name_their_key(key, value, devices):
   with pytest.raises(ConfigError) as err:

@@ -172,7 +172,8 @@ def _train_loop(run: Run, ckpt: checkpoint_lib.Checkpointer, preemption: Preempt
   state = _initial_state(run, ckpt)
   start = int(jax.device_get(state['step']))
   schedule = optimizer_lib.learning_rate_schedule(t)
-  train_step = step_lib.make_train_step(run.setup, run.mesh, cfg.objective, run.spec, run.token_bytes, schedule)
+  train_step = step_lib.make_train_step(run.setup, run.mesh, cfg.objective, run.spec, run.token_bytes, schedule,
+                                        cfg.train.grad_accum_steps)
   eval_step = step_lib.make_eval_step(run.setup, run.mesh, cfg.objective, run.spec, run.token_bytes)
   probe_step = make_probe_step(run)
   writer = MetricsWriter(run.workdir, run.is_main, resume_step=start)
@@ -281,7 +282,8 @@ def estimate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
                                    mask_id=tokenizers.MASK_ID, num_special=tokenizers.NUM_SPECIAL)
   with jax.set_mesh(mesh), rules.use(rules.parse(config.mesh.rules)):
     schedule = optimizer_lib.learning_rate_schedule(config.train)
-    step = step_lib.make_train_step(setup, mesh, config.objective, spec, np.ones(vocab, np.int32), schedule)
+    step = step_lib.make_train_step(setup, mesh, config.objective, spec, np.ones(vocab, np.int32), schedule,
+                                    config.train.grad_accum_steps)
     shape = (config.train.batch_size, config.data.seq_len)
     batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=rules.batch_sharding(mesh))
              for k in ('tokens', 'segment_ids', 'positions')}

@@ -47,24 +47,46 @@ def _objective(name: str, mesh: Mesh, attention: str) -> Callable:
   return lambda batch, rng, spec: ring_layout(make_batch(batch, rng, spec), mesh)
 
 
+def _microbatches(x_B: jax.Array, count: int) -> jax.Array:
+  """[B, ...] -> [count, B / count, ...]: microbatch i takes rows i, i + count, ..., so with the batch sharded in
+  contiguous blocks every microbatch is spread over every device (B / count divisible by the batch shards)."""
+  x = x_B.reshape(x_B.shape[0] // count, count, *x_B.shape[1:]).swapaxes(0, 1)
+  return rules.constrain(x, (None, 'batch', 'length') + (None,) * (x.ndim - 3))
+
+
 def make_train_step(setup: StateSetup, mesh: Mesh, objective: str, spec: ObjectiveSpec,
-                    token_bytes: np.ndarray, schedule: optax.Schedule) -> Callable:
-  """state, batch -> state, metrics. The objective's randomness is keyed by (seed, step), so resume is exact."""
+                    token_bytes: np.ndarray, schedule: optax.Schedule, grad_accum_steps: int = 1) -> Callable:
+  """state, batch -> state, metrics. The objective's randomness is keyed by (seed, step), so resume is exact.
+
+  With grad_accum_steps > 1 the batch's gradient is summed over that many microbatches in turn (activations for
+  one microbatch at a time), then one optimizer update: the same step as one big batch, up to float rounding.
+  """
   make_batch = _objective(objective, mesh, setup.model_cfg.attention)
   token_bytes_V = jnp.asarray(token_bytes, jnp.int32)
 
   def step(state, batch: Batch):
     mb = make_batch(batch, jax.random.fold_in(state['rng'], state['step']), spec)
+    scored = jnp.maximum(mb.weights.sum(), 1.0)  # the whole batch's, so microbatch losses add up to its mean
 
-    def loss_fn(params):
+    def loss_fn(params, mb: ModelBatch):
       sums = _loss_sums(setup, params, mb, token_bytes_V)
-      return sums['loss'] / jnp.maximum(sums['weight'], 1.0), sums
+      return sums['loss'] / scored, sums
 
-    (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if grad_accum_steps == 1:
+      (loss, sums), grads = grad_fn(state['params'], mb)
+    else:
+      def accumulate(total, micro):
+        return jax.tree.map(jnp.add, total, grad_fn(state['params'], micro)), None
+
+      micro = jax.tree.map(lambda x: _microbatches(x, grad_accum_steps), mb)
+      first = jax.tree.map(lambda x: x[0], micro)
+      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state['params'], first))
+      ((loss, sums), grads), _ = jax.lax.scan(accumulate, zeros, micro)
     updates, opt_state = setup.optimizer.update(grads, state['opt_state'], state['params'])
     new_state = {'params': optax.apply_updates(state['params'], updates), 'opt_state': opt_state,
                  'step': state['step'] + 1, 'rng': state['rng']}
-    metrics = {'train/loss': loss, 'train/accuracy': sums['correct'] / jnp.maximum(sums['weight'], 1.0),
+    metrics = {'train/loss': loss, 'train/accuracy': sums['correct'] / scored,
                'train/tokens_scored': sums['weight'], 'train/grad_norm': optax.tree.norm(grads),
                'train/lr': schedule(state['step'])}
     return new_state, metrics
