@@ -72,17 +72,20 @@ def validate_attention(kind: str, seq_len: int, q_block: int, kv_block: int, seq
       raise ConfigError(key, block, f'must divide the zig-zag chunk length data.seq_len / (2 * mesh.sequence) = {half}')
 
 
-def vanilla_attention(q_BSHE: jax.Array, k_BSKE: jax.Array, v_BSKE: jax.Array, mask: AttentionMask) -> jax.Array:
-  """The simple path: full [B, K, G, S, S] logits with the mask applied; autodiff does the backward."""
+def vanilla_attention(q_BSHE: jax.Array, k_BTKE: jax.Array, v_BTKE: jax.Array, mask: AttentionMask,
+                      kv_mask: AttentionMask | None = None) -> jax.Array:
+  """The simple path: full [B, K, G, S, T] logits with the mask applied; autodiff does the backward.
+
+  kv_mask describes the keys when they are not the queries' own sequence (decoding against a cache)."""
   B, S, H, E = q_BSHE.shape
-  K = k_BSKE.shape[2]
+  K = k_BTKE.shape[2]
   q_BSKGE = q_BSHE.reshape(B, S, K, H // K, E)
-  logits_BKGST = jnp.einsum('bskge,btke->bkgst', q_BSKGE, k_BSKE, preferred_element_type=jnp.float32)
+  logits_BKGST = jnp.einsum('bskge,btke->bkgst', q_BSKGE, k_BTKE, preferred_element_type=jnp.float32)
   logits_BKGST = logits_BKGST * E**-0.5
-  visible_B11ST = mask.sees(mask)[:, None, None]
+  visible_B11ST = mask.sees(mask if kv_mask is None else kv_mask)[:, None, None]
   logits_BKGST = jnp.where(visible_B11ST, logits_BKGST, -jnp.inf)
-  probs_BKGST = jax.nn.softmax(logits_BKGST, axis=-1).astype(v_BSKE.dtype)
-  out_BSKGE = jnp.einsum('bkgst,btke->bskge', probs_BKGST, v_BSKE, preferred_element_type=jnp.float32)
+  probs_BKGST = jax.nn.softmax(logits_BKGST, axis=-1).astype(v_BTKE.dtype)
+  out_BSKGE = jnp.einsum('bkgst,btke->bskge', probs_BKGST, v_BTKE, preferred_element_type=jnp.float32)
   return out_BSKGE.reshape(B, S, H, E).astype(q_BSHE.dtype)
 
 

@@ -99,17 +99,38 @@ class Attention(nnx.Module):
     self.wo_HED = _param(rngs, (H, E, D), std, ('heads', 'head_dim', 'embed'))
     self.cfg = cfg
 
-  def __call__(self, x_BSD: jax.Array, mask: AttentionMask) -> jax.Array:
+  def _project(self, x_BSD: jax.Array, positions_BS: jax.Array) -> tuple:
+    """q, k, v with RoPE applied to q and k."""
     cfg, dt = self.cfg, x_BSD.dtype
     q_BSHE = jnp.einsum('bsd,dhe->bshe', x_BSD, self.wq_DHE[...].astype(dt))
     k_BSKE = jnp.einsum('bsd,dke->bske', x_BSD, self.wk_DKE[...].astype(dt))
     v_BSKE = jnp.einsum('bsd,dke->bske', x_BSD, self.wv_DKE[...].astype(dt))
-    q_BSHE = constrain(apply_rope(q_BSHE, mask.positions, cfg.rope_theta), ('batch', 'length', 'heads', None))
-    k_BSKE = constrain(apply_rope(k_BSKE, mask.positions, cfg.rope_theta), ('batch', 'length', 'kv_heads', None))
+    return (apply_rope(q_BSHE, positions_BS, cfg.rope_theta), apply_rope(k_BSKE, positions_BS, cfg.rope_theta),
+            v_BSKE)
+
+  def _out(self, out_BSHE: jax.Array) -> jax.Array:
+    return jnp.einsum('bshe,hed->bsd', out_BSHE, self.wo_HED[...].astype(out_BSHE.dtype))
+
+  def __call__(self, x_BSD: jax.Array, mask: AttentionMask) -> jax.Array:
+    cfg = self.cfg
+    q_BSHE, k_BSKE, v_BSKE = self._project(x_BSD, mask.positions)
+    q_BSHE = constrain(q_BSHE, ('batch', 'length', 'heads', None))
+    k_BSKE = constrain(k_BSKE, ('batch', 'length', 'kv_heads', None))
     v_BSKE = constrain(v_BSKE, ('batch', 'length', 'kv_heads', None))
     out_BSHE = attention_lib.attend(
         q_BSHE, k_BSKE, v_BSKE, mask, kind=cfg.attention, q_block=cfg.q_block, kv_block=cfg.kv_block)
-    return jnp.einsum('bshe,hed->bsd', out_BSHE, self.wo_HED[...].astype(dt))
+    return self._out(out_BSHE)
+
+  def decode(self, x_B1D: jax.Array, cache: tuple, position: jax.Array) -> tuple:
+    """One new token at `position` of a single document: its k/v go into cache = (k_BTKE, v_BTKE) there, and it
+    attends causally to the cache. Returns (out_B1D, cache)."""
+    B, T = x_B1D.shape[0], cache[0].shape[1]
+    query = AttentionMask(jnp.ones((B, 1), jnp.int32), jnp.full((B, 1), position, jnp.int32), jnp.zeros((B, 1), bool))
+    q_B1HE, k_B1KE, v_B1KE = self._project(x_B1D, query.positions)
+    cache = tuple(jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), position, axis=1)
+                  for c, new in zip(cache, (k_B1KE, v_B1KE)))
+    keys = AttentionMask.causal(B, T)  # key j is visible iff j <= position: the unwritten tail never is
+    return self._out(attention_lib.vanilla_attention(q_B1HE, *cache, query, keys)), cache
 
 
 class MLP(nnx.Module):
@@ -141,6 +162,11 @@ class Block(nnx.Module):
   def __call__(self, x_BSD: jax.Array, mask: AttentionMask) -> jax.Array:
     x_BSD = x_BSD + self.attn(self.attn_norm(x_BSD), mask)
     return constrain(x_BSD + self.mlp(self.mlp_norm(x_BSD)), ('batch', 'length', None))
+
+  def decode(self, x_B1D: jax.Array, cache: tuple, position: jax.Array) -> tuple:
+    out_B1D, cache = self.attn.decode(self.attn_norm(x_B1D), cache, position)
+    x_B1D = x_B1D + out_B1D
+    return x_B1D + self.mlp(self.mlp_norm(x_B1D)), cache
 
 
 # Stacked layers: vmap/scan insert (and remove) a leading 'layers' name in each param's `logical_axes`, so sharding
@@ -202,3 +228,24 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens_BS: jax.Array, mask: AttentionMask) -> jax.Array:
     return self.logits(self.hidden(tokens_BS, mask))
+
+  def init_cache(self, batch: int, length: int) -> tuple:
+    """Empty k/v caches for `decode`: (k, v), each [num_layers, B, length, K, E] in the compute dtype."""
+    shape = (self.cfg.num_layers, batch, length, self.cfg.num_kv_heads, self.cfg.head_dim)
+    return tuple(jnp.zeros(shape, self.cfg.compute_dtype) for _ in 'kv')  # two buffers: decoding donates both
+
+  def decode(self, tokens_B1: jax.Array, cache: tuple, position: jax.Array) -> tuple:
+    """Logits [B, V] after one more token per row at `position` of a single document, reading the k/v cache of
+    the tokens before it and writing this one's: O(length) work per token instead of a whole forward pass."""
+    x_B1D = jnp.take(self.embed_VD[...], tokens_B1, axis=0).astype(self.cfg.compute_dtype)
+    if self.cfg.scan_layers:
+      def layer(x_B1D, block, layer_cache):
+        return block.decode(x_B1D, layer_cache, position)
+
+      scan = nnx.scan(layer, in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0), transform_metadata=_LAYERS_AXIS)
+      x_B1D, cache = scan(x_B1D, self.blocks, cache)
+    else:
+      for i, block in enumerate(self.blocks):
+        x_B1D, (k, v) = block.decode(x_B1D, (cache[0][i], cache[1][i]), position)
+        cache = (cache[0].at[i].set(k), cache[1].at[i].set(v))
+    return self.logits(self.final_norm(x_B1D))[:, 0], cache

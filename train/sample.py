@@ -1,7 +1,7 @@
 """Sampling from a trained checkpoint: temperature / top-k decoding of a prompt, one document at a time.
 
-Each new token re-runs the model on a fixed [num_samples, seq_len] buffer (one compiled program, no KV cache):
-O(seq_len) forward passes, fine for the short contexts this repo trains on a CPU and simple enough to trust.
+A k/v cache per layer (`Transformer.decode`) makes each token one O(seq_len) step: the prompt is fed through it
+token by token, then each sampled token. One compiled program serves every position.
 """
 
 import jax
@@ -10,27 +10,24 @@ import ml_collections
 import numpy as np
 
 from configs.errors import ConfigError
-from models.attention import AttentionMask
 from train import params as params_lib
 from train.state import StateSetup
 
 
 def make_decode_step(setup: StateSetup, temperature: float, top_k: int):
-  """(params, tokens_BS, length, key) -> next token [B] sampled from the logits at position length - 1."""
+  """(params, cache, tokens_B, position, key) -> (the token after tokens_B at `position`, sampled, [B]; cache)."""
   cfg = setup.model_cfg
 
-  def step(params, tokens_BS, length, key):
-    B, S = tokens_BS.shape
-    mask = AttentionMask.causal(B, S)
-    logits_BV = params_lib.apply(cfg, params)(tokens_BS, mask)[:, length - 1]
+  def step(params, cache, tokens_B, position, key):
+    logits_BV, cache = params_lib.apply(cfg, params).decode(tokens_B[:, None], cache, position)
     if temperature == 0:
-      return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+      return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32), cache
     if top_k:
       kth_B1 = jax.lax.top_k(logits_BV, top_k)[0][:, -1:]
       logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
-    return jax.random.categorical(key, logits_BV / temperature, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(key, logits_BV / temperature, axis=-1).astype(jnp.int32), cache
 
-  return jax.jit(step)
+  return jax.jit(step, donate_argnums=1)
 
 
 def sample(setup: StateSetup, params, tokenizer, config: ml_collections.ConfigDict) -> list[str]:
@@ -46,10 +43,15 @@ def sample(setup: StateSetup, params, tokenizer, config: ml_collections.ConfigDi
   tokens_BS[:, :len(prompt)] = prompt
   done_B = np.zeros(g.num_samples, bool)
   key = jax.random.PRNGKey(config.seed)
+  cache = params_lib.apply(setup.model_cfg, params).init_cache(g.num_samples, seq_len)
   end = min(seq_len, len(prompt) + g.max_new_tokens)
-  for length in range(len(prompt), end):
-    next_B = np.asarray(decode(params, tokens_BS, length, jax.random.fold_in(key, length)))
-    tokens_BS[:, length] = np.where(done_B, tokenizer.pad_id, next_B)
+  for position in range(end - 1):  # feeds the token at `position`, predicts the one after it
+    next_B, cache = decode(params, cache, tokens_BS[:, position], np.int32(position),
+                           jax.random.fold_in(key, position + 1))
+    if position + 1 < len(prompt):
+      continue  # still reading the prompt into the cache
+    next_B = np.asarray(next_B)
+    tokens_BS[:, position + 1] = np.where(done_B, tokenizer.pad_id, next_B)
     done_B |= next_B == tokenizer.eos_id
     if done_B.all():
       break
