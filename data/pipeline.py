@@ -15,8 +15,8 @@ goes and repeats at the end. Batch `step` is rows [step*b, (step+1)*b) of that p
 results depend only on step. Where every 64th row starts (epoch, document, token offset) is recorded as the stream
 is read, and saved to data.cache_dir every 1024 rows: a batch behind the reader, or far ahead (a resumed run), is
 reached by skipping to the nearest recorded row at or before it (skipped documents are not decoded or tokenized)
-and packing < 64 rows from there; only rows this machine has never recorded must be read through. Here the global batch is the processes'
-batches together, which differs from what one process would read alone.
+and packing < 64 rows from there; only rows this machine has never recorded must be read through. Here the global
+batch is the processes' batches together, which differs from what one process would read alone.
 """
 
 import hashlib
