@@ -37,6 +37,7 @@ class Tokenizer(abc.ABC):
   reserved_ids = RESERVED_IDS
 
   identity: str  # names the vocabulary, for cache keys of data tokenized with it
+  digest: str  # hash of the exact vocabulary: equal digests tokenize alike
   vocab_size: int
   token_bytes: np.ndarray  # [V] int32: UTF-8 bytes each id stands for
 
@@ -56,7 +57,7 @@ class ByteTokenizer(Tokenizer):
   """UTF-8 bytes shifted past the special ids: V = NUM_SPECIAL + 256, lossless on any text, no training."""
 
   vocab_size = NUM_SPECIAL + 256
-  identity = f'byte{vocab_size}'
+  identity = digest = f'byte{vocab_size}'
   token_bytes = np.concatenate([np.zeros(NUM_SPECIAL, np.int32), np.ones(256, np.int32)])
 
   def encode(self, text: str) -> np.ndarray:
@@ -72,7 +73,7 @@ class SentencePieceTokenizer(Tokenizer):
 
   def __init__(self, model_proto: bytes, identity: str):
     self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
-    self.identity = identity
+    self.identity, self.digest = identity, hashlib.sha256(model_proto).hexdigest()
     self.vocab_size = self._sp.get_piece_size()
     specials = {'<pad>': PAD_ID, '<s>': BOS_ID, '</s>': EOS_ID, '<mask>': MASK_ID}
     for piece, want in specials.items():

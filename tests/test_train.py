@@ -9,6 +9,7 @@ from configs import default
 from configs.errors import ConfigError
 from sharding.mesh import build_mesh
 from train import checkpoint as checkpoint_lib
+from train import loop
 from train import loss as loss_lib
 from train import objectives
 from train import optimizer as optimizer_lib
@@ -195,3 +196,13 @@ def test_weight_decay_skips_norms_and_embedding_whether_or_not_layers_are_scanne
     block = mask['blocks'] if scan else mask['blocks'][0]
     assert not block['attn_norm']['scale'] and not mask['embed_VD'] and not mask['final_norm']['scale']
     assert block['attn']['wq_DHE'] and block['mlp']['w_up_DF']
+
+
+def test_processes_that_built_other_data_stop_with_a_config_error():
+  """make_run gathers each process's tokenizer-and-corpus digest (the 2-process test passes through it); here the
+  comparison itself, on digests as process_allgather returns them."""
+  config = small_config()
+  loop._raise_unless_equal(config, np.array([7, 7]))
+  with pytest.raises(ConfigError, match=r'processes \[1, 3\] built other tokenizers') as err:
+    loop._raise_unless_equal(config, np.array([7, 8, 7, 9]))
+  assert err.value.key == 'data.cache_dir'

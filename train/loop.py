@@ -4,6 +4,7 @@ A `Run` wires data, tokenizer, mesh, state and steps together once; each job is 
 """
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -60,6 +61,7 @@ def make_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   train_data = pipeline.make_dataset(config, config.data.train_split, pid, nproc)
   eval_data = pipeline.make_dataset(config, config.data.eval_split, pid, nproc)
   tok = train_data.tokenizer
+  check_processes_agree(config, f'{tok.digest}|{train_data.num_rows}')
   if tok.vocab_size != config.data.vocab_size:
     raise ConfigError('data.vocab_size', config.data.vocab_size,
                       f'the {config.data.tokenizer} tokenizer has {tok.vocab_size} ids; set data.vocab_size to it')
@@ -67,6 +69,22 @@ def make_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
                                    mask_id=tok.mask_id, num_special=tokenizers.NUM_SPECIAL)
   return Run(config=config, workdir=workdir, mesh=mesh, train_data=train_data, eval_data=eval_data, spec=spec,
              setup=state_lib.build(config, mesh), is_main=pid == 0)
+
+
+def check_processes_agree(config: ml_collections.ConfigDict, data_digest: str) -> None:
+  """Every process builds its own tokenizer and local corpus unless data.cache_dir is shared: a host whose corpus
+  (the embedded one is its Python's stdlib) or sentencepiece differs would train on other ids, silently."""
+  if jax.process_count() > 1:
+    mine = np.frombuffer(hashlib.sha256(data_digest.encode()).digest()[:8], np.int64)
+    _raise_unless_equal(config, np.asarray(multihost_utils.process_allgather(mine)).reshape(-1))
+
+
+def _raise_unless_equal(config: ml_collections.ConfigDict, digests_P: np.ndarray) -> None:
+  different = np.flatnonzero(digests_P != digests_P[0]).tolist()
+  if different:
+    raise ConfigError('data.cache_dir', config.data.cache_dir,
+                      f'processes {different} built other tokenizers or corpora than process 0; give every host the '
+                      'same data and Python, or share data.cache_dir')
 
 
 def make_probe_step(run: Run):
