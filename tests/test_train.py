@@ -96,23 +96,26 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch():
   assert losses[-1] < 0.5 * losses[0], losses
 
 
-@pytest.mark.parametrize('objective', ['causal', 'masked_lm'])
-def test_gradient_accumulation_makes_the_big_batch_step(objective):
-  """2 microbatches of 4 rows on a data=2 x fsdp=2 mesh: the same loss, gradient norm and update as one batch of 8
-  (masked LM: the noise is drawn for the whole batch before it is split). Adam's eps is large here so its first
-  update is linear in the gradient (about lr * g * (1 - b1) / eps) instead of lr * sign(g), which would turn the
-  rounding of near-zero gradients into whole-step differences."""
-  config = small_config(data=2, fsdp=2)
+@pytest.mark.parametrize('objective, mesh', [('causal', dict(data=2, fsdp=2)), ('masked_lm', dict(data=2, fsdp=2)),
+                                             ('causal', dict(data=2, sequence=2))])
+def test_gradient_accumulation_makes_the_big_batch_step(objective, mesh):
+  """2 microbatches of 4 rows on 4 devices: the same loss, gradient norm and update as one batch of 8 (masked LM:
+  the noise is drawn for the whole batch before it is split; the sequence mesh runs ring attention). Adam's eps is
+  large here so its first update is linear in the gradient (about lr * g * (1 - b1) / eps) instead of
+  lr * sign(g), which would turn the rounding of near-zero gradients into whole-step differences."""
+  config = small_config(**mesh)
   config.train.batch_size, config.train.eps = 2 * B, 1.0
+  config.model.attention = 'ring' if 'sequence' in mesh else config.model.attention
   mesh, setup = _setup(config, jax.devices()[:4])
   batch = {k: np.concatenate([a, b]) for (k, a), b in zip(packed_batch(seed=2).items(),
                                                          packed_batch(seed=3).values())}
   start = jax.device_get(setup.init()['params'])
   results = {}
   for accum in (1, 2):
-    step = step_lib.make_train_step(setup, mesh, objective, SPEC, np.ones(V, np.int32),
-                                    optimizer_lib.learning_rate_schedule(config.train), grad_accum_steps=accum)
-    state, metrics = step(setup.init(), batch)
+    with jax.set_mesh(mesh):  # as the training loop runs its steps
+      step = step_lib.make_train_step(setup, mesh, objective, SPEC, np.ones(V, np.int32),
+                                      optimizer_lib.learning_rate_schedule(config.train), grad_accum_steps=accum)
+      state, metrics = step(setup.init(), batch)
     results[accum] = jax.device_get((metrics, jax.tree.map(jnp.subtract, state['params'], start)))
   (metrics_1, update_1), (metrics_2, update_2) = results[1], results[2]
   for key in ('train/loss', 'train/accuracy', 'train/tokens_scored', 'train/grad_norm'):
