@@ -79,9 +79,6 @@ def make_plans(config: ml_collections.ConfigDict) -> tuple[float, list[Plan]]:
     raise ConfigError('compare.objectives', tuple(listed), 'an objective is listed twice; list each once')
   if not config.train.eval_probes:
     raise ConfigError('train.eval_probes', False, 'compare scores every objective on the shared probes; set True')
-  if config.model.attention == 'ring':
-    raise ConfigError('model.attention', 'ring', 'the shared probes do not run under ring attention; use vanilla or '
-                      'blockwise for compare')
   budget = config.compare.flops_budget
   if not isinstance(budget, (int, float)) or budget < 0:
     raise ConfigError('compare.flops_budget', budget, 'use training FLOPs per objective, or 0 for train.steps steps '

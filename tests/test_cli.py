@@ -3,6 +3,7 @@
 import json
 import pathlib
 
+import numpy as np
 import pytest
 
 from tests.conftest import run_main
@@ -41,6 +42,15 @@ def test_train_resume_eval_estimate(small_run_flags, tmp_path):
   estimate = json.loads((workdir / 'estimate.json').read_text())
   assert estimate['params'] > 0 and estimate['flops_per_token'] > 6 * estimate['params_non_embedding']
   assert estimate['memory_per_device_bytes'] > 0
+
+
+def test_ring_attention_trains_evaluates_and_probes(small_run_flags, tmp_path):
+  """main.py with ring attention over a 2-device sequence axis: training, evaluation and the shared probes."""
+  workdir = tmp_path / 'ring'
+  run_main(*small_run_flags, f'--workdir={workdir}', '--config.train.steps=3', '--config.model.attention=ring',
+           '--config.mesh.sequence=2', '--config.mesh.data=1', devices=2)
+  last = [r for r in read_metrics(workdir) if 'eval/loss' in r][-1]
+  assert last['step'] == 3 and np.isfinite(last['eval/loss']) and 'probe/cloze_bidirectional/loss' in last
 
 
 @pytest.mark.parametrize('flag, key', [

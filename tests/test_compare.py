@@ -78,7 +78,6 @@ def test_budget_buys_causal_more_steps_only_where_it_skips_blocks():
     ('compare.flops_budget', -1.0),
     ('compare.flops_budget', 1.0),  # less than one step
     ('train.eval_probes', False),
-    ('model.attention', 'ring'),
 ])
 def test_bad_plan_names_the_key(key, value):
   c = default.get_config()

@@ -8,11 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import default
 from models.transformer import ModelConfig
+from sharding.mesh import build_mesh
 from tests.test_objectives import SPEC, V, packed
 from train import loss as loss_lib
 from train import params as params_lib
 from train import probes
+from train import step as step_lib
 from train.objectives import causal, prefix_lm
 
 MODEL = ModelConfig(vocab_size=V, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, head_dim=8, d_ff=64)
@@ -66,3 +69,20 @@ def test_prefix_reading_is_the_prefix_lm_loss_at_the_midpoint(run):
   expected = _objective_sums(params, mb, mb.weights)
   assert float(expected['loss']) == pytest.approx(sums['suffix_prefix/loss'], rel=1e-5)
   assert abs(float(expected['loss']) - sums['suffix_causal/loss']) > 0.01  # the prefix mask matters
+
+
+def test_probes_under_ring_attention_read_the_same(run):
+  """With ring attention over a sequence axis of 4, each pass's arrays go through the zig-zag layout: the sums are
+  the single-device ones (float32, 1e-5), so objectives trained with ring attention compare like the others."""
+  params, batch, sums = run
+  mesh_cfg = default.get_config().mesh
+  mesh_cfg.data, mesh_cfg.sequence = 1, 4
+  mesh = build_mesh(mesh_cfg, jax.devices()[:4])
+  ring = dataclasses.replace(MODEL, attention='ring', q_block=2, kv_block=2)
+  with jax.set_mesh(mesh):
+    probe = probes.make_probe_sums(ring, SPEC, np.ones(V, np.int32),
+                                   layout=lambda mb: step_lib.ring_layout(mb, mesh))
+    ring_sums = jax.device_get(jax.jit(probe)(params, batch, jax.random.PRNGKey(0)))
+  assert set(ring_sums) == set(sums)
+  for key, value in sums.items():
+    assert float(ring_sums[key]) == pytest.approx(value, rel=1e-5, abs=1e-5), key

@@ -88,10 +88,11 @@ def _raise_unless_equal(config: ml_collections.ConfigDict, digests_P: np.ndarray
 
 
 def make_probe_step(run: Run):
-  """The jitted shared-probe step (train/probes.py), or None where probes do not apply (ring attention)."""
-  if not run.config.train.eval_probes or run.config.model.attention == 'ring':
+  """The jitted shared-probe step (train/probes.py), or None when train.eval_probes is off."""
+  if not run.config.train.eval_probes:
     return None
-  fn = probes.make_probe_sums(run.setup.model_cfg, run.spec, run.token_bytes)
+  layout = (lambda mb: step_lib.ring_layout(mb, run.mesh)) if run.config.model.attention == 'ring' else None
+  fn = probes.make_probe_sums(run.setup.model_cfg, run.spec, run.token_bytes, layout=layout)
   replicated = rules.replicated(run.mesh)
   return jax.jit(fn, in_shardings=(run.setup.shardings['params'], rules.batch_sharding(run.mesh), replicated),
                  out_shardings=replicated)

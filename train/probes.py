@@ -35,14 +35,18 @@ from train import loss as loss_lib
 from train import params as params_lib
 from train import step as step_lib
 from train.objectives import causal, prefix_lm
-from train.objectives.base import ObjectiveSpec
+from train.objectives.base import ModelBatch, ObjectiveSpec
 
 READINGS = ('suffix_causal', 'suffix_prefix', 'suffix_masked', 'cloze_causal', 'cloze_bidirectional')
 
 
 def make_probe_sums(model_cfg: ModelConfig, spec: ObjectiveSpec, token_bytes: np.ndarray,
-                    suffix_split: float = 0.5, cloze_rate: float = 0.15) -> Callable:
-  """(params, batch, rng) -> {f'{reading}/{loss|correct|weight|bytes}': sum}; jittable, four forward passes."""
+                    suffix_split: float = 0.5, cloze_rate: float = 0.15,
+                    layout: Callable[[ModelBatch], ModelBatch] | None = None) -> Callable:
+  """(params, batch, rng) -> {f'{reading}/{loss|correct|weight|bytes}': sum}; jittable, four forward passes.
+
+  `layout` reorders each pass's [B, S] arrays alike before the model (ring attention's zig-zag): sums do not
+  depend on the order."""
   split_spec = dataclasses.replace(spec, prefix_min_frac=suffix_split, prefix_max_frac=suffix_split)
   token_bytes_V = jnp.asarray(token_bytes, jnp.int32)
 
@@ -51,9 +55,14 @@ def make_probe_sums(model_cfg: ModelConfig, spec: ObjectiveSpec, token_bytes: np
     block = model_cfg.ffn_block if model_cfg.ffn == 'blockwise' else None
 
     def sums(inputs_BS, mask: AttentionMask, readings: dict[str, tuple[jax.Array, jax.Array]]):
-      h_BSD = model.hidden(inputs_BS, mask)
-      return {f'{name}/{k}': v for name, (targets_BS, weights_BS) in readings.items()
-              for k, v in loss_lib.loss_sums(h_BSD, model.head_weights_DV(), targets_BS, weights_BS,
+      batches = {name: ModelBatch(inputs_BS, mask, targets_BS, weights_BS)
+                 for name, (targets_BS, weights_BS) in readings.items()}
+      if layout is not None:
+        batches = {name: layout(mb) for name, mb in batches.items()}
+      first = next(iter(batches.values()))
+      h_BSD = model.hidden(first.inputs, first.mask)
+      return {f'{name}/{k}': v for name, mb in batches.items()
+              for k, v in loss_lib.loss_sums(h_BSD, model.head_weights_DV(), mb.targets, mb.weights,
                                              token_bytes_V, block).items()}
 
     tokens_BS, seg_BS = batch['tokens'], batch['segment_ids']
