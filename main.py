@@ -1,6 +1,9 @@
-"""ringlm entry point: parse flags, validate the config, start distributed JAX, dispatch --mode.
+"""ringlm entry point: parse flags, build and check the typed config, start distributed JAX, run --mode.
 
   python main.py --config=configs/tiny.py --workdir=runs/tiny [--mode=train] [--config.train.steps=100 ...]
+
+Only the flags and the config are handled here; jax, the trainer and the studies are imported once the config has
+passed, so a bad config is one line in well under a second, and `--mode=fit` needs neither jax nor TensorFlow.
 """
 
 import json
@@ -10,8 +13,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from configs.errors import ConfigError
-from train.loop import TrainingDiverged
+from configs.errors import ConfigError, TrainingDiverged
+from configs.sections import Config
 
 MODES = ('train', 'eval', 'sample', 'estimate', 'compare', 'scaling', 'fit')
 
@@ -43,36 +46,74 @@ def _init_distributed() -> None:
     jax.distributed.initialize()  # JAX detects the cluster (TPU pod, SLURM, Open MPI, Kubernetes) itself
 
 
-def _run(config, workdir: str, mode: str) -> None:
+def _write_config(config: Config, workdir: str) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+
+
+def _run(config: Config, workdir: str, mode: str) -> None:
+  if mode == 'fit':  # numpy and scipy only
+    from experiments import scaling
+
+    _write_config(config, workdir)
+    scaling.fit_only(config, workdir)
+    return
   import jax
 
   from configs.validate import validate
-  from experiments import compare, scaling
-  from train import loop
 
   _init_distributed()
   validate(config, jax.device_count())
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      json.dump(config.to_dict(), f, indent=2, sort_keys=True)
-  if mode == 'train':
-    loop.train(config, workdir)
-  elif mode == 'eval':
-    print(json.dumps(loop.eval_only(config, workdir)))
-  elif mode == 'sample':
-    for i, text in enumerate(loop.sample_only(config, workdir)):
-      print(f'--- sample {i} ---\n{text}')
-  elif mode == 'estimate':
-    result = loop.estimate(config, workdir)
-    for k, v in result.items():
-      print(f'{k:36s} {v:,}' if isinstance(v, int) else f'{k:36s} {v}')
-  elif mode == 'compare':
-    compare.run(config, workdir)
-  elif mode == 'scaling':
-    scaling.sweep(config, workdir)
-  elif mode == 'fit':
-    scaling.fit_only(config, workdir)
+  from train.runtime import Runtime  # orbax and the trainer, once the config has passed
+
+  runtime = Runtime(config)
+  if runtime.is_main:
+    _write_config(config, workdir)
+  JOBS[mode](runtime, config, workdir)
+
+
+def _train(runtime, config: Config, workdir: str) -> None:
+  from train import trainer
+
+  trainer.train(runtime.run(config, workdir))
+
+
+def _eval(runtime, config: Config, workdir: str) -> None:
+  from train import evaluate
+
+  print(json.dumps(evaluate.evaluate_checkpoint(runtime.run(config, workdir))))
+
+
+def _sample(runtime, config: Config, workdir: str) -> None:
+  from train import sample
+
+  for i, text in enumerate(sample.sample_checkpoint(runtime.run(config, workdir))):
+    print(f'--- sample {i} ---\n{text}')
+
+
+def _estimate(runtime, config: Config, workdir: str) -> None:
+  from train import estimate
+
+  for k, v in estimate.estimate(runtime.run(config, workdir, with_data=False)).items():
+    print(f'{k:36s} {v:,}' if isinstance(v, int) else f'{k:36s} {v}')
+
+
+def _compare(runtime, config: Config, workdir: str) -> None:
+  from experiments import compare
+
+  compare.run(runtime, config, workdir)
+
+
+def _scaling(runtime, config: Config, workdir: str) -> None:
+  from experiments import scaling
+
+  scaling.sweep(runtime, config, workdir)
+
+
+# Each job of a mode: (the command's runtime, the typed config, the workdir); `fit` runs in _run without devices.
+JOBS = {'train': _train, 'eval': _eval, 'sample': _sample, 'estimate': _estimate, 'compare': _compare,
+        'scaling': _scaling}
 
 
 def _fail(message: str) -> None:
@@ -99,7 +140,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
   try:
-    _run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+    _run(Config.from_dict(FLAGS.config.to_dict()), FLAGS.workdir, FLAGS.mode)
   except ConfigError as e:
     _fail(str(e))
   except TrainingDiverged as e:

@@ -21,8 +21,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from configs.sections import ModelConfig  # noqa: E402
 from models.attention import AttentionMask  # noqa: E402
-from models.transformer import Block, ModelConfig  # noqa: E402
+from models.transformer import Block  # noqa: E402
 
 LAYERS = {'vanilla': ('vanilla', 'standard'), 'blockwise': ('blockwise', 'standard'), 'bpt': ('blockwise', 'blockwise')}
 
@@ -39,7 +40,7 @@ def layer_config(layer: str, d_model: int, heads: int, head_dim: int, d_ff: int,
 def compile_layer(cfg: ModelConfig, batch: int, seq_len: int) -> jax.stages.Compiled:
   """Value and gradients (params and input) of sum(block(x) * dy), compiled from shapes alone (no init)."""
   graphdef, params = nnx.split(nnx.eval_shape(lambda: Block(cfg, nnx.Rngs(0))), nnx.Param)
-  x = jax.ShapeDtypeStruct((batch, seq_len, cfg.d_model), cfg.compute_dtype)
+  x = jax.ShapeDtypeStruct((batch, seq_len, cfg.d_model), jnp.dtype(cfg.dtype))
   mask = jax.eval_shape(lambda: AttentionMask.causal(batch, seq_len))
 
   def step(params, x, dy, mask):
@@ -63,7 +64,7 @@ def measure(cfg: ModelConfig, batch: int, seq_len: int, runs: int, run_cap_bytes
   if runs:
     params = nnx.split(Block(cfg, nnx.Rngs(0)), nnx.Param)[1]
     kx, ky = jax.random.split(jax.random.key(1))
-    x, dy = (jax.random.normal(key, (batch, seq_len, cfg.d_model), cfg.compute_dtype) for key in (kx, ky))
+    x, dy = (jax.random.normal(key, (batch, seq_len, cfg.d_model), jnp.dtype(cfg.dtype)) for key in (kx, ky))
     inputs = (params, x, dy, AttentionMask.causal(batch, seq_len))
     jax.block_until_ready(compiled(*inputs))  # warm-up
     for _ in range(runs):

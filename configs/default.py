@@ -1,7 +1,16 @@
 """Every config key of ringlm with its default; presets override a few of these.
 
-Single-letter dims used in comments and shape suffixes: B batch, S sequence length, D d_model,
-H query heads, K kv heads, E head dim, F d_ff, V vocab.
+main.py turns this ml-collections config into the typed, checked sections of configs/sections.py once.
+
+Shape letters, one meaning each across the code base (`x_BSD`, `q_BKGSE`, `tokens_RS`):
+  B batch rows                   S sequence (query) length       T key/value (or cache) length
+  D d_model                      H query heads                   K key/value heads
+  G query heads per kv head, H/K E head dim                      F d_ff (SwiGLU hidden width)
+  V vocabulary                   L layers                        Q query block length
+  J key/value block length       C sequence chunk length (blockwise FFN and loss)
+  N chunks or blocks along the sequence (a scan's length)       P sequence shards (devices on `length`)
+  R packed rows of a split       M runs of a scaling sweep       X starting points of a fit's grid
+  W fitted parameters (a scaling-law fit's 5)
 """
 
 import ml_collections

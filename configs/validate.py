@@ -1,76 +1,54 @@
-"""Config checks that run before anything is built or compiled; each failure is one ConfigError line."""
+"""The rules that span config sections, checked before anything is built or compiled; each failure is one
+ConfigError line. A section's own fields are checked when it is built (configs/sections.py).
+
+Spanning rules: the mesh against the devices, the attention path against the sequence axis, block and chunk
+lengths against each device's share of the sequence, sizes against the axes that split them.
+"""
 
 import math
 
-import ml_collections
-
 from configs.errors import ConfigError
-from models.attention import validate_attention
+from configs.sections import Config
+from data import tokenizers
+from models.attention.blockwise import effective_block
 from sharding import rules
 from sharding.mesh import mesh_shape
 
-POSITIVE = ('model.num_layers', 'model.d_model', 'model.num_heads', 'model.num_kv_heads', 'model.d_ff',
-            'data.seq_len', 'data.vocab_size', 'train.steps', 'train.batch_size', 'train.grad_accum_steps',
-            'train.log_every', 'train.eval_batches', 'checkpoint.every_steps', 'checkpoint.keep')
-CHOICES = {
-    'objective': ('causal', 'prefix_lm', 'masked_lm'),
-    'model.ffn': ('standard', 'blockwise'),
-    'model.dtype': ('float32', 'bfloat16'),
-    'data.tokenizer': ('sentencepiece', 'byte'),
-    'data.spm_model_type': ('bpe', 'unigram', 'char', 'word'),
-}
+
+def _check_blocks(config: Config, sizes: dict[str, int], length_axes: tuple[str, ...]) -> None:
+  """Attention blocks against the length each device attends over; ring attention against the axis it runs on."""
+  m, seq_len = config.model, config.data.seq_len
+  if m.attention == 'blockwise':
+    for key, block in (('model.q_block', m.q_block), ('model.kv_block', m.kv_block)):
+      if seq_len % effective_block(block, seq_len):
+        raise ConfigError(key, block, f'must divide data.seq_len={seq_len}')
+  if m.attention != 'ring':
+    return
+  if len(length_axes) != 1:
+    raise ConfigError('mesh.rules', config.mesh.rules, 'ring attention runs over the one mesh axis the rule for '
+                      'length names; map length to one axis, e.g. length=sequence')
+  sequence = sizes[length_axes[0]]
+  if sequence <= 1:
+    raise ConfigError(f'mesh.{length_axes[0]}', sequence,
+                      f'ring attention needs a {length_axes[0]} axis of size > 1; set mesh.{length_axes[0]} or use '
+                      'blockwise')
+  local = seq_len // sequence
+  if seq_len % (2 * sequence):
+    raise ConfigError('data.seq_len', seq_len,
+                      f'ring attention splits it into 2 * mesh.sequence = {2 * sequence} zig-zag chunks')
+  half = seq_len // (2 * sequence)
+  for key, block in (('model.q_block', m.q_block), ('model.kv_block', m.kv_block)):
+    effective = effective_block(block, local)
+    if half % effective and effective != local:
+      raise ConfigError(key, block, f'must divide the zig-zag chunk length data.seq_len / (2 * mesh.sequence) = {half}')
 
 
-def _get(config: ml_collections.ConfigDict, key: str):
-  node = config
-  for part in key.split('.'):
-    node = node[part]
-  return node
-
-
-def _validate_objectives(o: ml_collections.ConfigDict) -> None:
-  """The `objectives.*` keys, checked whatever the objective so a preset never carries a broken setting."""
-  if not 0 < o.mask_rate < 1:
-    raise ConfigError('objectives.mask_rate', o.mask_rate, 'use a fraction strictly between 0 and 1, e.g. 0.15')
-  for key in ('prefix_min_frac', 'prefix_max_frac'):
-    if not 0 <= o[key] <= 1:
-      raise ConfigError(f'objectives.{key}', o[key], 'use a fraction of the document length in [0, 1]')
-  if o.prefix_min_frac > o.prefix_max_frac:
-    raise ConfigError('objectives.prefix_min_frac', o.prefix_min_frac,
-                      f'inverted range: must be <= objectives.prefix_max_frac={o.prefix_max_frac}')
-  if o.prefix_max_frac == 0:
-    raise ConfigError('objectives.prefix_max_frac', 0, 'empty range: every prefix would be empty; use > 0, e.g. 1.0')
-  if o.prefix_min_frac == 1:
-    raise ConfigError('objectives.prefix_min_frac', 1, 'empty range: every suffix would be empty; use < 1, e.g. 0.0')
-
-
-def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  from data import pipeline  # data.* checks that need no corpus
-  from train import objectives  # registry of implemented objectives (may be a subset of CHOICES)
-
-  for key in POSITIVE:
-    if _get(config, key) <= 0:
-      raise ConfigError(key, _get(config, key), 'must be a positive integer')
-  for key, allowed in CHOICES.items():
-    if _get(config, key) not in allowed:
-      raise ConfigError(key, _get(config, key), f'choose one of {", ".join(allowed)}')
-  objectives.get(config.objective)
-  _validate_objectives(config.objectives)
+def validate(config: Config, num_devices: int) -> None:
   m, d, t = config.model, config.data, config.train
-  head_dim = m.head_dim or m.d_model // m.num_heads
-  if head_dim % 2:
-    raise ConfigError('model.head_dim', head_dim, 'RoPE needs an even head dim; change model.d_model/num_heads')
-  if m.ffn == 'blockwise' and (m.ffn_block <= 0 or d.seq_len % m.ffn_block):
-    raise ConfigError('model.ffn_block', m.ffn_block, f'must be positive and divide data.seq_len={d.seq_len}')
-  if t.eval_every < 0:
-    raise ConfigError('train.eval_every', t.eval_every, 'use 0 (only at the end) or a positive step count')
-  if t.warmup_steps < 0:
-    raise ConfigError('train.warmup_steps', t.warmup_steps, 'use 0 (no warmup) or a positive step count')
+  tokenizers.check_vocab(d)
   sizes = mesh_shape(config.mesh, num_devices)
-  rules.parse(config.mesh.rules)
-  if config.mesh.dcn_data < 1 or sizes['data'] % config.mesh.dcn_data:
-    raise ConfigError('mesh.dcn_data', config.mesh.dcn_data, f'must be >= 1 and divide the data axis ({sizes["data"]})')
-  validate_attention(m.attention, d.seq_len, m.q_block, m.kv_block, sizes['sequence'], m.num_heads, m.num_kv_heads)
+  if sizes['data'] % config.mesh.dcn_data:
+    raise ConfigError('mesh.dcn_data', config.mesh.dcn_data, f'must divide the data axis ({sizes["data"]})')
   if m.attention != 'ring' and sizes['sequence'] > 1:
     raise ConfigError('mesh.sequence', sizes['sequence'], 'a sequence axis needs model.attention=ring; set it to 1')
   for key, heads in (('model.num_heads', m.num_heads), ('model.num_kv_heads', m.num_kv_heads)):
@@ -83,17 +61,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError('model.d_model', m.d_model, f'must be divisible by mesh.fsdp={sizes["fsdp"]}')
   shards = sizes['data'] * sizes['fsdp']
   if t.batch_size % shards:
-    raise ConfigError('train.batch_size', t.batch_size,
-                      f'must be divisible by mesh.data x mesh.fsdp = {shards}')
+    raise ConfigError('train.batch_size', t.batch_size, f'must be divisible by mesh.data x mesh.fsdp = {shards}')
   if t.batch_size % (t.grad_accum_steps * shards):
     raise ConfigError('train.grad_accum_steps', t.grad_accum_steps,
                       f'each microbatch of train.batch_size={t.batch_size} must split over mesh.data x mesh.fsdp = '
                       f'{shards}: use a divisor of {t.batch_size // shards}')
   if d.seq_len % sizes['sequence']:
     raise ConfigError('data.seq_len', d.seq_len, f'must be divisible by mesh.sequence={sizes["sequence"]}')
-  length = dict(rules.parse(config.mesh.rules))['length']
-  local = d.seq_len // math.prod(sizes[a] for a in ((length,) if isinstance(length, str) else length or ()))
+  length_axes = rules.mesh_axes('length', config.mesh.logical_rules)
+  _check_blocks(config, sizes, length_axes)
+  local = d.seq_len // math.prod(sizes[a] for a in length_axes)
   if m.ffn == 'blockwise' and m.ffn_block < local and local % m.ffn_block:
     raise ConfigError('model.ffn_block', m.ffn_block,
                       f'must divide the per-device sequence length {local} (data.seq_len split over the mesh)')
-  pipeline.check_config(config)

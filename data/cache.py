@@ -15,6 +15,7 @@ import numpy as np
 
 
 def root(data_config) -> pathlib.Path:
+  """The cache folder of a DataConfig (`data.cache_dir`, ~ expanded)."""
   return pathlib.Path(os.path.expanduser(data_config.cache_dir))
 
 

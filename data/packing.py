@@ -17,12 +17,12 @@ import numpy as np
 
 
 class Rows(NamedTuple):
-  tokens_NS: np.ndarray  # int32, pad_id at padding
-  segment_ids_NS: np.ndarray  # int32, 1.. per segment within a row, 0 = padding
-  positions_NS: np.ndarray  # int32, position within the segment, 0 at padding
+  tokens_RS: np.ndarray  # int32, pad_id at padding
+  segment_ids_RS: np.ndarray  # int32, 1.. per segment within a row, 0 = padding
+  positions_RS: np.ndarray  # int32, position within the segment, 0 at padding
 
   def as_dict(self) -> dict[str, np.ndarray]:
-    return {'tokens': self.tokens_NS, 'segment_ids': self.segment_ids_NS, 'positions': self.positions_NS}
+    return {'tokens': self.tokens_RS, 'segment_ids': self.segment_ids_RS, 'positions': self.positions_RS}
 
 
 class _RowBuilder:

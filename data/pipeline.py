@@ -1,4 +1,4 @@
-"""The trainer's one entry point: `make_dataset(config, split, process_index, process_count).batch(step, B)`.
+"""The trainer's one entry point: `make_dataset(data, seed, split, process_index, process_count).batch(step, B)`.
 
 Batches are indexed by step, not drawn from an iterator: the batch for (seed, step) is the same whatever was asked
 before, so resuming at step k needs only k (no iterator state in checkpoints).
@@ -29,6 +29,7 @@ from typing import Protocol
 import numpy as np
 
 from configs.errors import ConfigError
+from configs.sections import DataConfig
 from data import cache, packing, sources, tokenizers
 
 _PACK_FORMAT = 1  # bump when packing changes, so cached arrays are rebuilt
@@ -49,24 +50,16 @@ class Dataset(Protocol):
     """Entropy of the split's token frequencies (nats/token); None when streamed."""
 
 
-def check_config(config) -> None:
-  """Every data.* check that needs no corpus; main.py can call this before anything compiles."""
-  if config.data.seq_len < 2:
-    raise ConfigError('data.seq_len', config.data.seq_len, 'need at least 2 tokens per row (an input and a target)')
-  sources.check_config(config.data)
-  tokenizers.check_config(config.data)
-
-
-def make_dataset(config, split: str, process_index: int = 0, process_count: int = 1,
+def make_dataset(data_config: DataConfig, seed: int, split: str, process_index: int = 0, process_count: int = 1,
                  shuffle: bool | None = None) -> Dataset:
   """Opens (building and caching on first use) this process's view of `split`.
 
-  shuffle: per-epoch permutation of rows (local corpora); defaults to True for data.train_split, False otherwise.
+  shuffle: per-epoch permutation of rows seeded by `seed` (local corpora); defaults to True for data.train_split,
+  False otherwise.
   """
-  check_config(config)
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index {process_index} is not in [0, {process_count})')
-  d = config.data
+  d = data_config
   corpus = sources.open_corpus(d)
   sources.check_split(corpus, split, 'data.train_split' if split == d.train_split else 'data.eval_split')
   sources.check_split(corpus, d.train_split, 'data.train_split')  # the tokenizer is trained on it
@@ -74,7 +67,7 @@ def make_dataset(config, split: str, process_index: int = 0, process_count: int 
   if corpus.local:
     rows = _packed(d, corpus, split, tokenizer)
     return LocalDataset(tokenizer, rows, process_index, process_count,
-                        seed=config.seed, shuffle=split == d.train_split if shuffle is None else shuffle)
+                        seed=seed, shuffle=split == d.train_split if shuffle is None else shuffle)
   index = (cache.root(d) / 'stream_index' / f'{corpus.identity}_{_split_key(split)}_{tokenizer.identity}_S{d.seq_len}_'
            f'p{process_index}of{process_count}_f{_PACK_FORMAT}.npy')
   return StreamingDataset(tokenizer, corpus, split, d.seq_len, process_index, process_count, index)
@@ -93,7 +86,7 @@ def _split_key(split: str) -> str:
   return f'{re.sub(r"[^A-Za-z0-9_]", "_", split)}_{hashlib.sha256(split.encode()).hexdigest()[:8]}'
 
 
-def _packed(d, corpus: sources.Corpus, split: str, tokenizer: tokenizers.Tokenizer) -> dict[str, np.ndarray]:
+def _packed(d: DataConfig, corpus: sources.Corpus, split: str, tokenizer: tokenizers.Tokenizer) -> dict[str, np.ndarray]:
   """The whole split tokenized and packed, from the cache (built here on first use)."""
   name = f'{corpus.identity}_{_split_key(split)}_{tokenizer.identity}_S{d.seq_len}_f{_PACK_FORMAT}'
   path = cache.root(d) / 'packed' / name

@@ -11,6 +11,7 @@ import pathlib
 from collections.abc import Iterator
 
 from configs.errors import ConfigError
+from configs.sections import DataConfig
 from data import builders, cache
 from data.quiet_tf import quietly, tfds
 
@@ -23,27 +24,8 @@ class Corpus:
   local: bool  # built here from local files (read whole) rather than a catalogue dataset (streamed)
 
 
-def check_config(data_config) -> None:
-  """Raises ConfigError for a source setting that cannot work, before anything is built or read."""
-  if data_config.text_dir and data_config.tfds_name:
-    raise ConfigError('data.tfds_name', data_config.tfds_name,
-                      f'set only one of data.text_dir ({data_config.text_dir!r}) and data.tfds_name')
-  if data_config.tfds_name:
-    return
-  if not 0 < data_config.validation_percent < 100:
-    raise ConfigError('data.validation_percent', data_config.validation_percent, 'use a percent in 1..99')
-  if data_config.text_dir:
-    text_dir = pathlib.Path(data_config.text_dir).expanduser()
-    if not text_dir.is_dir():
-      raise ConfigError('data.text_dir', data_config.text_dir, 'no such folder; point it at a folder of text files')
-    if not builders.text_dir_files(text_dir, data_config.text_glob):
-      raise ConfigError('data.text_dir', data_config.text_dir,
-                        f'no files there match data.text_glob={data_config.text_glob!r}; add files or change the glob')
-
-
-def open_corpus(data_config) -> Corpus:
+def open_corpus(data_config: DataConfig) -> Corpus:
   """The configured corpus, building a local one on first use (under a lock, so concurrent processes wait)."""
-  check_config(data_config)
   if data_config.tfds_name:
     return _catalogue(data_config)
   data_dir = str(cache.root(data_config) / 'tfds')
@@ -61,7 +43,7 @@ def open_corpus(data_config) -> Corpus:
   return Corpus(builder, identity, 'text', local=True)
 
 
-def _catalogue(data_config) -> Corpus:
+def _catalogue(data_config: DataConfig) -> Corpus:
   name, data_dir = data_config.tfds_name, data_config.tfds_data_dir or None
   try:
     with quietly():

@@ -19,13 +19,13 @@ import numpy as np
 import sentencepiece as spm
 
 from configs.errors import ConfigError
+from configs.sections import DataConfig
 from data import cache
 
 PAD_ID, BOS_ID, EOS_ID, MASK_ID = 0, 1, 2, 3
 NUM_SPECIAL = 8  # ids below this stand for no text: pad, bos, eos, mask, then unk (sentencepiece) or spare
 RESERVED_IDS = (4, 5, 6, 7)  # free for later objectives in the byte tokenizer; sentencepiece puts unk at 4
-SPM_MODEL_TYPES = ('bpe', 'unigram', 'char', 'word')
-TOKENIZERS = ('sentencepiece', 'byte')
+SPM_MIN_VOCAB = NUM_SPECIAL + 1 + 256 + 1  # specials, newline, the 256 byte-fallback pieces, one learned piece
 _SPM_FORMAT = 1  # bump when the training options below change, so cached models are retrained
 _SPM_CHUNK_CHARS = 2048  # training "sentences" are runs of whole lines about this long
 
@@ -99,31 +99,23 @@ class SentencePieceTokenizer(Tokenizer):
     return self._sp.decode([int(i) for i in ids])
 
 
-def check_config(data_config) -> None:
-  """Raises ConfigError for a tokenizer setting no corpus could satisfy (the rest surfaces when training)."""
-  if data_config.tokenizer not in TOKENIZERS:
-    raise ConfigError('data.tokenizer', data_config.tokenizer, f'use one of {", ".join(TOKENIZERS)}')
+def check_vocab(data_config: DataConfig) -> None:
+  """Raises ConfigError when the configured tokenizer cannot have `data.vocab_size` ids."""
   if data_config.tokenizer == 'byte' and data_config.vocab_size != ByteTokenizer.vocab_size:
     raise ConfigError('data.vocab_size', data_config.vocab_size,
                       f'the byte tokenizer has exactly {ByteTokenizer.vocab_size} ids (256 bytes + {NUM_SPECIAL} '
                       f'special); set data.vocab_size={ByteTokenizer.vocab_size}')
-  if data_config.tokenizer == 'sentencepiece':
-    if data_config.spm_model_type not in SPM_MODEL_TYPES:
-      raise ConfigError('data.spm_model_type', data_config.spm_model_type, f'use one of {", ".join(SPM_MODEL_TYPES)}')
-    smallest = NUM_SPECIAL + 1 + 256 + 1  # specials, newline, the 256 byte-fallback pieces, one learned piece
-    if data_config.vocab_size < smallest:
-      raise ConfigError('data.vocab_size', data_config.vocab_size,
-                        f'sentencepiece with byte fallback needs at least {smallest}; raise it (e.g. 2048)')
-    if data_config.spm_max_chars <= 0:
-      raise ConfigError('data.spm_max_chars', data_config.spm_max_chars, 'must be positive (e.g. 20_000_000)')
+  if data_config.tokenizer == 'sentencepiece' and data_config.vocab_size < SPM_MIN_VOCAB:
+    raise ConfigError('data.vocab_size', data_config.vocab_size,
+                      f'sentencepiece with byte fallback needs at least {SPM_MIN_VOCAB}; raise it (e.g. 2048)')
 
 
-def make_tokenizer(data_config, corpus_identity: str, train_texts: Iterable[str]) -> Tokenizer:
+def make_tokenizer(data_config: DataConfig, corpus_identity: str, train_texts: Iterable[str]) -> Tokenizer:
   """The configured tokenizer; sentencepiece is trained on `train_texts` once per corpus, vocab and type, then cached.
 
   `train_texts` is only consumed when no cached model exists, so callers may pass a lazy iterator.
   """
-  check_config(data_config)
+  check_vocab(data_config)
   if data_config.tokenizer == 'byte':
     return ByteTokenizer()
   settings = f'{corpus_identity}|v{data_config.vocab_size}|{data_config.spm_model_type}|' \
@@ -155,7 +147,7 @@ def _sentences(texts: Iterable[str], max_chars: int) -> Iterator[str]:
       return
 
 
-def _train(data_config, train_texts: Iterable[str]) -> bytes:
+def _train(data_config: DataConfig, train_texts: Iterable[str]) -> bytes:
   """Trains a lossless model: no normalisation, whitespace kept as is, byte fallback for anything unseen."""
   model = io.BytesIO()
   try:

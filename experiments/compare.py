@@ -5,11 +5,12 @@ objective) with the same training FLOPs C = `compare.flops_budget`. A step costs
 flops_per_token(objective): every position runs forward and backward whatever the objective scores, so the scored
 tokens (every token for causal, the suffix for prefix_lm, 15% for masked_lm) change the signal per step, not its cost.
 flops_per_token differs between objectives only where the attention path skips the blocks above the diagonal, which
-only a causal mask allows (`train.loop.skips_causal_blocks`); so with vanilla attention all objectives run the same
-steps, and with blockwise attention causal runs more steps for the same C. steps = floor(C / FLOPs per step).
+only a causal mask allows (`train.flops.train_flops_per_token`); so with vanilla attention all objectives run the
+same steps, and with blockwise attention causal runs more steps for the same C. steps = floor(C / FLOPs per step).
 
-Each objective trains in WORKDIR/compare/<objective>/ with `train.loop.train`, so an interrupted run resumes and a
-finished one (its checkpoint at the planned step exists) is skipped. Results come from each run's metrics.jsonl.
+Each objective trains in WORKDIR/compare/<objective>/ with `train.trainer.train`, on the command's runtime (one mesh
+and one opened dataset for every objective), so an interrupted run resumes and a finished one (its checkpoint at
+the planned step exists) is skipped. Results come from each run's metrics.jsonl.
 """
 
 import csv
@@ -19,17 +20,15 @@ import math
 import os
 from collections.abc import Callable
 
-import jax
-import ml_collections
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from configs.errors import ConfigError
-from train import checkpoint as checkpoint_lib
+from configs.sections import Config
 from train import flops as flops_lib
-from train import loop
-from train import objectives as objectives_lib
 from train import probes
+from train import trainer
+from train.runtime import Runtime
 
 # Keys that may change between a run and its resumption without changing what is trained (compare.* only picks
 # which runs there are; a new budget shows up as new train.steps).
@@ -55,39 +54,19 @@ class Plan:
     return self.steps * self.flops_per_step
 
 
-def objective_config(config: ml_collections.ConfigDict, objective: str, steps: int = 0) -> ml_collections.ConfigDict:
+def objective_config(config: Config, objective: str, steps: int = 0) -> Config:
   """The study's config with one objective and its planned steps (0 keeps train.steps)."""
-  c = config.copy_and_resolve_references()
-  c.objective = objective
-  if steps:
-    c.train.steps = steps
-  return c
+  return config.override({'objective': objective, **({'train.steps': steps} if steps else {})})
 
 
-def make_plans(config: ml_collections.ConfigDict) -> tuple[float, list[Plan]]:
-  """Checks `compare.*` and gives every objective its steps for the budget; returns (budget, plans), builds nothing."""
-  listed = config.compare.objectives
-  choices = ', '.join(objectives_lib.OBJECTIVES)
-  example = "--config.compare.objectives=\"('causal','masked_lm')\""
-  if not isinstance(listed, (tuple, list)) or not listed:
-    raise ConfigError('compare.objectives', listed, f'list at least one of {choices}, e.g. {example}')
-  for name in listed:
-    if name not in objectives_lib.OBJECTIVES:
-      raise ConfigError('compare.objectives', tuple(listed), f'unknown objective {name!r}; choose from {choices}, '
-                        f'as a tuple, e.g. {example}')
-  if len(set(listed)) != len(listed):
-    raise ConfigError('compare.objectives', tuple(listed), 'an objective is listed twice; list each once')
+def make_plans(config: Config) -> tuple[float, list[Plan]]:
+  """Gives every objective its steps for the budget; returns (budget, plans), builds nothing."""
   if not config.train.eval_probes:
     raise ConfigError('train.eval_probes', False, 'compare scores every objective on the shared probes; set True')
-  budget = config.compare.flops_budget
-  if not isinstance(budget, (int, float)) or budget < 0:
-    raise ConfigError('compare.flops_budget', budget, 'use training FLOPs per objective, or 0 for train.steps steps '
-                      'of the costliest listed objective')
+  listed = config.compare.objectives
   tokens_per_step = config.train.batch_size * config.data.seq_len
-  per_token = {name: flops_lib.flops_per_token(config.model, config.data.seq_len, config.data.vocab_size,
-                                               causal_skip=loop.skips_causal_blocks(objective_config(config, name)))
-               for name in listed}
-  budget = budget or config.train.steps * tokens_per_step * max(per_token.values())
+  per_token = {name: flops_lib.train_flops_per_token(objective_config(config, name)) for name in listed}
+  budget = config.compare.flops_budget or config.train.steps * tokens_per_step * max(per_token.values())
   plans = [Plan(name, int(budget // (tokens_per_step * fpt)), fpt, tokens_per_step) for name, fpt in per_token.items()]
   for p in plans:
     if p.steps < 1:
@@ -103,29 +82,25 @@ def _flat(d: dict, prefix: str = '') -> dict:
   return out
 
 
-def _check_resumable(config: ml_collections.ConfigDict, run_dir: str) -> None:
+def _check_resumable(config: Config, run_dir: str) -> None:
   """A run dir trained under another config (budget, model, data...) would mix two runs in one curve: refuse."""
   path = os.path.join(run_dir, 'config.json')
   if not os.path.exists(path):
     return
   with open(path) as f:
     old = _flat(json.load(f))
-  new = _flat(json.loads(config.to_json()))
+  new = _flat(json.loads(json.dumps(config.to_dict())))
   for key in sorted(set(old) | set(new)):
     if key not in RESUMABLE_KEYS and not key.startswith('compare.') and old.get(key) != new.get(key):
       raise ConfigError('--workdir', run_dir, f'it was trained with {key}={old.get(key)!r}, now {new.get(key)!r}; '
                         'use a new --workdir or delete that run to restart it')
 
 
-def _is_finished(config: ml_collections.ConfigDict, run_dir: str) -> bool:
-  """Its checkpoint at the planned step exists (the loop writes the final evaluation before saving it)."""
-  if not os.path.isdir(os.path.join(run_dir, 'checkpoints')):
-    return False
-  ckpt = checkpoint_lib.Checkpointer(os.path.join(run_dir, 'checkpoints'), config)
-  try:
-    return (ckpt.latest_step() or 0) >= config.train.steps
-  finally:
-    ckpt.close()
+def _is_finished(config: Config, run_dir: str) -> bool:
+  """Its checkpoint at the planned step exists (the trainer writes the final evaluation before saving it)."""
+  from train import checkpoint  # orbax: imported when a study runs, not when its config is checked
+
+  return (checkpoint.latest_step(os.path.join(run_dir, 'checkpoints')) or 0) >= config.train.steps
 
 
 def _eval_rows(run_dir: str) -> list[dict]:
@@ -134,14 +109,14 @@ def _eval_rows(run_dir: str) -> list[dict]:
   return [r for r in rows if 'eval/loss' in r]
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def run(runtime: Runtime, config: Config, workdir: str) -> dict:
   """Train (or resume, or skip) every listed objective, then (process 0) write results.{json,csv,md} and plots."""
   budget, plans = make_plans(config)
   root = os.path.join(workdir, 'compare')
   configs = {p.objective: objective_config(config, p.objective, p.steps) for p in plans}
   for p in plans:
     _check_resumable(configs[p.objective], os.path.join(root, p.objective))
-  is_main = jax.process_index() == 0
+  is_main = runtime.is_main
   for i, p in enumerate(plans):
     run_dir, cfg = os.path.join(root, p.objective), configs[p.objective]
     header = f'[{i + 1}/{len(plans)}] {p.objective}: {p.steps} steps, {p.training_flops:.3g} training FLOPs'
@@ -154,8 +129,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       os.makedirs(run_dir, exist_ok=True)
       with open(os.path.join(run_dir, 'config.json'), 'w') as f:
         json.dump(cfg.to_dict(), f, indent=2, sort_keys=True)
-    loop.train(cfg, run_dir)
-    if not _is_finished(cfg, run_dir):  # preempted: loop.train saved and said so; the next objectives wait too
+    trainer.train(runtime.run(cfg, run_dir))
+    if not _is_finished(cfg, run_dir):  # preempted: the trainer saved and said so; the next objectives wait too
       return {}
   if not is_main:
     return {}

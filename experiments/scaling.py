@@ -1,9 +1,9 @@
-"""`--mode=scaling` (an isoFLOP sweep of train.loop runs, then the fit) and `--mode=fit` (the fit of a points CSV).
+"""`--mode=scaling` (an isoFLOP sweep of training runs, then the fit) and `--mode=fit` (the fit of a points CSV).
 
 The sweep trains every width in `scaling.d_models` at every budget C in `scaling.flops`. The width/depth rule
 (`model_for`): num_layers = max(1, round(d_model / aspect_ratio)), num_heads = num_kv_heads = d_model / head_dim,
 d_ff = round(ffn_ratio * d_model); so N grows about as d_model^3 and every size keeps the same shape. Each run trains
-on D = C / flops_per_token tokens (train.flops: 6N plus attention, counted as the train loop counts it), rounded up
+on D = C / flops_per_token tokens (train.flops: 6N plus attention, counted as the trainer counts it), rounded up
 to whole steps, with its own cosine schedule over exactly those steps (Chinchilla's point: a schedule longer than
 the run overstates its loss).
 
@@ -26,12 +26,17 @@ import os
 import pathlib
 import time
 
-import ml_collections
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from configs.errors import ConfigError
+from configs.sections import Config, ModelConfig, ScalingConfig
 from experiments import scaling_fit
 from train import flops as flops_lib
+
+if TYPE_CHECKING:  # jax and the trainer load only when a sweep runs
+  from train.runtime import Runtime
 
 # Hoffmann et al. (2022): Approach 3's L(N, D) (their data and tokenizer) and both approaches' allocation exponents.
 CHINCHILLA = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28, a=0.46, b=0.54)
@@ -47,101 +52,57 @@ class PlannedRun:
 
   run: str
   C: float
-  config: ml_collections.ConfigDict
+  config: Config
   N: int
   N_non_embedding: int
   steps: int
   tokens: int
 
 
-def _positive_numbers(key: str, value: object, integer: bool = False) -> tuple:
-  kind = int if integer else (int, float)
-  if (not isinstance(value, tuple) or not value
-      or not all(isinstance(v, kind) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in value)):
-    example = '64,96,128' if integer else '1e12,3e12,1e13'
-    raise ConfigError(key, value, f'give a non-empty tuple of positive {"integers" if integer else "numbers"}, '
-                      f'e.g. --config.{key}={example}')
-  return value
+def _shape(s: ScalingConfig, d_model: int) -> dict[str, int]:
+  """The width/depth rule (module docstring) for width d_model, as config overrides."""
+  heads = d_model // s.head_dim
+  return {'model.d_model': d_model, 'model.num_layers': max(1, round(d_model / s.aspect_ratio)),
+          'model.num_heads': heads, 'model.num_kv_heads': heads, 'model.head_dim': 0,
+          'model.d_ff': max(1, round(s.ffn_ratio * d_model))}
 
 
-def check_config(config: ml_collections.ConfigDict, mode: str) -> None:
-  """The scaling.* keys a mode uses, checked before any data is read or anything compiles."""
-  s = config.scaling
-  _positive_numbers('scaling.predict_flops', s.predict_flops)
-  if not isinstance(s.bootstrap, int) or s.bootstrap < 0:
-    raise ConfigError('scaling.bootstrap', s.bootstrap, 'use a count of refits >= 0, e.g. 100')
-  if mode == 'fit':
-    if not s.points:
-      raise ConfigError('scaling.points', s.points, 'set --config.scaling.points=FILE.csv (columns N, D, loss), '
-                        'e.g. a sweep\'s WORKDIR/scaling/points.csv')
-    return
-  budgets = _positive_numbers('scaling.flops', s.flops)
-  widths = _positive_numbers('scaling.d_models', s.d_models, integer=True)
-  for key, values in (('scaling.flops', budgets), ('scaling.d_models', widths)):
-    if len(set(values)) != len(values):
-      raise ConfigError(key, values, 'drop the repeated values')
-  for key in ('aspect_ratio', 'ffn_ratio'):
-    if not isinstance(s[key], (int, float)) or not s[key] > 0:
-      raise ConfigError(f'scaling.{key}', s[key], 'use a positive number')
-  if not isinstance(s.head_dim, int) or s.head_dim < 2 or s.head_dim % 2:
-    raise ConfigError('scaling.head_dim', s.head_dim, 'use a positive even integer (RoPE rotates pairs), e.g. 32')
-  bad = [d for d in widths if d % s.head_dim]
-  if bad:
-    raise ConfigError('scaling.d_models', widths, f'{bad} not divisible by scaling.head_dim={s.head_dim}')
-  if not 0 <= s.warmup_fraction < 1:
-    raise ConfigError('scaling.warmup_fraction', s.warmup_fraction, 'use a fraction in [0, 1), e.g. 0.1')
+def model_for(config: Config, d_model: int) -> ModelConfig:
+  """config.model resized to width d_model by the width/depth rule."""
+  return config.override(_shape(config.scaling, d_model)).model
 
 
-def model_for(config: ml_collections.ConfigDict, d_model: int) -> ml_collections.ConfigDict:
-  """config.model resized to width d_model by the width/depth rule (module docstring)."""
-  s = config.scaling
-  model = ml_collections.ConfigDict(config.model.to_dict())
-  model.d_model = d_model
-  model.num_layers = max(1, round(d_model / s.aspect_ratio))
-  model.num_heads = model.num_kv_heads = d_model // s.head_dim
-  model.head_dim = 0
-  model.d_ff = max(1, round(s.ffn_ratio * d_model))
-  return model
-
-
-def _run_id(C: float, model: ml_collections.ConfigDict) -> str:
+def _run_id(C: float, model: ModelConfig) -> str:
   return f'C{C:.3g}_d{model.d_model}_L{model.num_layers}'.replace('+', '')
 
 
-def plan(config: ml_collections.ConfigDict) -> list[PlannedRun]:
+def plan(config: Config) -> list[PlannedRun]:
   """Every run of the sweep, budget by budget, smallest width first; each run config is validated here."""
   import jax
 
   from configs.validate import validate
-  from train.loop import skips_causal_blocks
 
   t, data = config.train, config.data
   tokens_per_step = t.batch_size * data.seq_len
   runs = []
   for C in config.scaling.flops:
     for d_model in config.scaling.d_models:
-      model = model_for(config, d_model)
-      fpt = flops_lib.flops_per_token(model, data.seq_len, data.vocab_size, causal_skip=skips_causal_blocks(config))
-      steps = math.ceil(C / fpt / tokens_per_step)
-      cfg = ml_collections.ConfigDict(config.to_dict())
-      cfg.model = model
-      cfg.train.steps = steps
-      cfg.train.warmup_steps = round(config.scaling.warmup_fraction * steps)
-      cfg.train.eval_every = 0
-      cfg.train.log_every = min(t.log_every, steps)
-      cfg.checkpoint.every_steps = steps
-      cfg.checkpoint.keep = 1
+      sized = config.override(_shape(config.scaling, d_model))
+      steps = math.ceil(C / flops_lib.train_flops_per_token(sized) / tokens_per_step)
+      cfg = sized.override({'train.steps': steps, 'train.warmup_steps': round(config.scaling.warmup_fraction * steps),
+                            'train.eval_every': 0, 'train.log_every': min(t.log_every, steps),
+                            'checkpoint.every_steps': steps, 'checkpoint.keep': 1})
       validate(cfg, jax.device_count())
-      counts = flops_lib.count_params(model, data.vocab_size)
-      runs.append(PlannedRun(run=_run_id(C, model), C=float(C), config=cfg, N=counts['total'],
+      counts = flops_lib.count_params(cfg.model)
+      runs.append(PlannedRun(run=_run_id(C, cfg.model), C=float(C), config=cfg, N=counts['total'],
                              N_non_embedding=counts['non_embedding'], steps=steps, tokens=steps * tokens_per_step))
   return runs
 
 
-def _settings(cfg: ml_collections.ConfigDict) -> dict:
+def _settings(cfg: Config) -> dict:
   """The config sections a run's loss depends on (not logging, caching, checkpointing or the mesh), as JSON."""
-  settings = {key: cfg[key].to_dict() if isinstance(cfg[key], ml_collections.ConfigDict) else cfg[key]
-              for key in RESULT_SECTIONS}
+  values = cfg.to_dict()
+  settings = {key: values[key] for key in RESULT_SECTIONS}
   settings['data'].pop('cache_dir')
   settings['train'].pop('log_every')
   return json.loads(json.dumps(settings))
@@ -161,22 +122,18 @@ def _first_difference(old: dict, new: dict, prefix: str = '') -> str:
 
 
 def _finished(run: PlannedRun, run_dir: pathlib.Path) -> bool:
-  """Whether the run's checkpoint is at its last step (train.loop returns early, without an eval, when preempted)."""
+  """Whether the run's checkpoint is at its last step (the trainer returns early, without an eval, when preempted)."""
   from train import checkpoint
 
-  ckpt = checkpoint.Checkpointer(str(run_dir / 'checkpoints'), run.config)
-  try:
-    return ckpt.latest_step() == run.steps
-  finally:
-    ckpt.close()
+  return checkpoint.latest_step(str(run_dir / 'checkpoints')) == run.steps
 
 
-def _train_or_load(run: PlannedRun, run_dir: pathlib.Path, is_main: bool) -> tuple[float | None, bool]:
+def _train_or_load(runtime: 'Runtime', run: PlannedRun, run_dir: pathlib.Path) -> tuple[float | None, bool]:
   """(final eval loss, whether it was trained now); the loss is None when training was preempted.
 
   result.json marks a finished run; any other run trains, resuming from its checkpoint if it has one.
   """
-  from train import loop
+  from train import evaluate, trainer
 
   config_path, result_path = run_dir / 'config.json', run_dir / 'result.json'
   settings = _settings(run.config)
@@ -187,16 +144,17 @@ def _train_or_load(run: PlannedRun, run_dir: pathlib.Path, is_main: bool) -> tup
                         'use a fresh --workdir or delete that run directory')
   if result_path.exists():
     return json.loads(result_path.read_text())['loss'], False
-  if is_main:
+  if runtime.is_main:
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path.write_text(json.dumps(settings, indent=2, sort_keys=True) + '\n')
   start = time.time()
-  result = loop.train(run.config, str(run_dir))
+  result = trainer.train(runtime.run(run.config, str(run_dir)))
   if 'eval/loss' not in result:
     if not _finished(run, run_dir):
       return None, True
-    result = loop.eval_only(run.config, str(run_dir))  # killed after its last checkpoint, before result.json
-  if is_main:
+    # killed after its last checkpoint, before result.json
+    result = evaluate.evaluate_checkpoint(runtime.run(run.config, str(run_dir)))
+  if runtime.is_main:
     record = dict(run=run.run, N=run.N, D=run.tokens, C=run.C, loss=result['eval/loss'], steps=run.steps,
                   seconds=round(time.time() - start, 1))
     result_path.write_text(json.dumps(record, indent=2) + '\n')
@@ -219,20 +177,17 @@ def _write_points(runs: list[PlannedRun], losses: list[float], out: pathlib.Path
   return path
 
 
-def sweep(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+def sweep(runtime: 'Runtime', config: Config, workdir: str) -> dict | None:
   """`--mode=scaling`: train (or skip) every run, write points.csv, then fit; returns fit.json's content or None."""
-  import jax
-
-  check_config(config, 'scaling')
   runs = plan(config)
   out = pathlib.Path(workdir) / 'scaling'
-  is_main = jax.process_index() == 0
+  is_main = runtime.is_main
   losses = []
   for k, run in enumerate(runs, start=1):
     if is_main:
       print(f'[scaling {k}/{len(runs)}] {run.run}: N={run.N:,} D={run.tokens:,} C={run.C:.3g} ({run.steps} steps)',
             flush=True)
-    loss, trained = _train_or_load(run, out / 'runs' / run.run, is_main)
+    loss, trained = _train_or_load(runtime, run, out / 'runs' / run.run)
     if loss is None:
       if is_main:
         print('the sweep stops here; run the same command again to resume it', flush=True)
@@ -245,7 +200,7 @@ def sweep(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   points = _write_points(runs, losses, out)
   print(f'wrote {points} ({len(runs)} runs)', flush=True)
   try:
-    return fit(points, out, config)
+    return fit(points, out, config.scaling, config.seed)
   except ConfigError as e:
     for name in FIT_OUTPUTS:  # an older fit would no longer describe points.csv
       (out / name).unlink(missing_ok=True)
@@ -266,19 +221,18 @@ def _flops_per_token_of(points: scaling_fit.Points) -> scaling_fit.FlopsPerToken
   return lambda n: 6 * np.asarray(n, float) * np.interp(np.log(n), logN, ratio)
 
 
-def fit(points_path: str | os.PathLike, out_dir: str | os.PathLike, config: ml_collections.ConfigDict) -> dict:
+def fit(points_path: str | os.PathLike, out_dir: str | os.PathLike, s: ScalingConfig, seed: int) -> dict:
   """Approach 3 and (where the points form isoFLOP curves) Approach 2; writes fit.json and plots, prints a summary."""
-  s = config.scaling
   points = scaling_fit.load_points(points_path)
   try:
-    approach_3 = scaling_fit.fit_chinchilla(points.N, points.D, points.loss, bootstrap=s.bootstrap, seed=config.seed)
+    approach_3 = scaling_fit.fit_chinchilla(points.N, points.D, points.loss, bootstrap=s.bootstrap, seed=seed)
   except OverflowError:
     raise ConfigError(scaling_fit.KEY, str(points_path), 'Approach 3 (or a bootstrap refit of it) ran off to A, B or E '
                       'beyond float range: these runs do not follow E + A/N^alpha + B/D^beta; add runs or budgets, '
                       'or set scaling.bootstrap=0') from None
   try:
     approach_2 = scaling_fit.fit_isoflop_parabolas(points, flops_per_token=_flops_per_token_of(points),
-                                                   bootstrap=s.bootstrap, seed=config.seed)
+                                                   bootstrap=s.bootstrap, seed=seed)
   except ConfigError as e:
     print(f'Approach 2 skipped: {e.value}: {e.fix}', flush=True)
     approach_2 = None
@@ -315,7 +269,9 @@ def summary(result: dict, out_dir: pathlib.Path) -> str:
   return '\n'.join(lines)
 
 
-def fit_only(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def fit_only(config: Config, workdir: str) -> dict:
   """`--mode=fit`: the fit of scaling.points into WORKDIR/scaling/."""
-  check_config(config, 'fit')
-  return fit(config.scaling.points, pathlib.Path(workdir) / 'scaling', config)
+  if not config.scaling.points:
+    raise ConfigError('scaling.points', '', 'set --config.scaling.points=FILE.csv (columns N, D, loss), e.g. a '
+                      'sweep\'s WORKDIR/scaling/points.csv')
+  return fit(config.scaling.points, pathlib.Path(workdir) / 'scaling', config.scaling, config.seed)

@@ -5,58 +5,20 @@ per dimension) that `sharding/` maps onto mesh axes, so the model never mentions
 compute dtype comes from the config. Attention goes through `models.attention.attend`, which takes the same mask
 description for every path (vanilla, blockwise, ring).
 
-Dims: B batch, S sequence, D d_model, H query heads, K kv heads, E head dim, F d_ff, V vocab.
+Shape letters as in configs/default.py: B batch, S sequence, T cache length, D d_model, H query heads, K kv heads,
+E head dim, F d_ff, V vocab, L layers.
 """
 
-import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
-from models import attention as attention_lib
-from models.attention import AttentionMask
+from configs.sections import ModelConfig
+from models.attention import AttentionMask, attend, vanilla_attention
 from models.mlp import swiglu_ffn
 from sharding.rules import constrain
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  """The model's part of the config, typed, with head_dim resolved."""
-
-  vocab_size: int
-  num_layers: int
-  d_model: int
-  num_heads: int
-  num_kv_heads: int
-  head_dim: int
-  d_ff: int
-  attention: str = 'vanilla'
-  ffn: str = 'standard'
-  q_block: int = 128
-  kv_block: int = 128
-  ffn_block: int = 128
-  rope_theta: float = 10_000.0
-  norm_eps: float = 1e-6
-  init_std: float = 0.02
-  tie_embeddings: bool = True
-  dtype: str = 'float32'
-  remat: bool = False
-  scan_layers: bool = False
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> 'ModelConfig':
-    """Every field but these two has the same name under `config.model`."""
-    m = config.model
-    same_name = {f.name for f in dataclasses.fields(cls)} - {'vocab_size', 'head_dim'}
-    return cls(vocab_size=config.data.vocab_size, head_dim=m.head_dim or m.d_model // m.num_heads,
-               **{name: m[name] for name in same_name})
-
-  @property
-  def compute_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.dtype)
 
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], std: float, axes: tuple[str | None, ...]) -> nnx.Param:
@@ -76,15 +38,16 @@ class RMSNorm(nnx.Module):
     return (x32 * self.scale[...]).astype(x_BSD.dtype)
 
 
-def apply_rope(x_BSNE: jax.Array, positions_BS: jax.Array, theta: float) -> jax.Array:
-  """Rotary embedding on the two halves of the head dim, at per-document positions (packing restarts them)."""
-  half = x_BSNE.shape[-1] // 2
-  inv_freq_F = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angle_BSF = positions_BS.astype(jnp.float32)[..., None] * inv_freq_F
-  sin_BS1F, cos_BS1F = jnp.sin(angle_BSF)[:, :, None, :], jnp.cos(angle_BSF)[:, :, None, :]
-  x1, x2 = jnp.split(x_BSNE.astype(jnp.float32), 2, axis=-1)
-  out = jnp.concatenate([x1 * cos_BS1F - x2 * sin_BS1F, x2 * cos_BS1F + x1 * sin_BS1F], axis=-1)
-  return out.astype(x_BSNE.dtype)
+def apply_rope(x: jax.Array, positions_BS: jax.Array, theta: float) -> jax.Array:
+  """Rotary embedding of x [B, S, heads, E] (q's H or k's K heads) on the two halves of the head dim, at
+  per-document positions (packing restarts them)."""
+  half = x.shape[-1] // 2
+  inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [E / 2]
+  angle = positions_BS.astype(jnp.float32)[..., None] * inv_freq  # [B, S, E / 2]
+  sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]  # [B, S, 1, E / 2]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
 
 
 class Attention(nnx.Module):
@@ -117,8 +80,7 @@ class Attention(nnx.Module):
     q_BSHE = constrain(q_BSHE, ('batch', 'length', 'heads', None))
     k_BSKE = constrain(k_BSKE, ('batch', 'length', 'kv_heads', None))
     v_BSKE = constrain(v_BSKE, ('batch', 'length', 'kv_heads', None))
-    out_BSHE = attention_lib.attend(
-        q_BSHE, k_BSKE, v_BSKE, mask, kind=cfg.attention, q_block=cfg.q_block, kv_block=cfg.kv_block)
+    out_BSHE = attend(q_BSHE, k_BSKE, v_BSKE, mask, kind=cfg.attention, q_block=cfg.q_block, kv_block=cfg.kv_block)
     return self._out(out_BSHE)
 
   def decode(self, x_B1D: jax.Array, cache: tuple, position: jax.Array) -> tuple:
@@ -130,7 +92,7 @@ class Attention(nnx.Module):
     cache = tuple(jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), position, axis=1)
                   for c, new in zip(cache, (k_B1KE, v_B1KE)))
     keys = AttentionMask.causal(B, T)  # key j is visible iff j <= position: the unwritten tail never is
-    return self._out(attention_lib.vanilla_attention(q_B1HE, *cache, query, keys)), cache
+    return self._out(vanilla_attention(q_B1HE, *cache, query, keys)), cache
 
 
 class MLP(nnx.Module):
@@ -146,8 +108,7 @@ class MLP(nnx.Module):
   def __call__(self, x_BSD: jax.Array) -> jax.Array:
     dt = x_BSD.dtype
     weights = (self.w_gate_DF[...].astype(dt), self.w_up_DF[...].astype(dt), self.w_down_FD[...].astype(dt))
-    block = self.cfg.ffn_block if self.cfg.ffn == 'blockwise' else None
-    return swiglu_ffn(x_BSD, *weights, block=block)
+    return swiglu_ffn(x_BSD, *weights, block=self.cfg.ffn_chunk)
 
 
 class Block(nnx.Module):
@@ -207,7 +168,7 @@ class Transformer(nnx.Module):
 
   def hidden(self, tokens_BS: jax.Array, mask: AttentionMask) -> jax.Array:
     embed_VD = constrain(self.embed_VD[...], ('vocab', None))  # gathered over fsdp for the lookup, like any weight
-    x_BSD = jnp.take(embed_VD, tokens_BS, axis=0).astype(self.cfg.compute_dtype)
+    x_BSD = jnp.take(embed_VD, tokens_BS, axis=0).astype(jnp.dtype(self.cfg.dtype))
     x_BSD = constrain(x_BSD, ('batch', 'length', None))
     if self.cfg.scan_layers:
       scan = nnx.scan(functools.partial(_block, self.cfg), in_axes=(nnx.Carry, 0, None), out_axes=nnx.Carry,
@@ -221,7 +182,7 @@ class Transformer(nnx.Module):
   def head_weights_DV(self) -> jax.Array:
     """The LM head as [D, V] (the transposed embedding when tied)."""
     w = self.embed_VD[...].T if self.cfg.tie_embeddings else self.head_DV[...]
-    return w.astype(self.cfg.compute_dtype)
+    return w.astype(jnp.dtype(self.cfg.dtype))
 
   def logits(self, h_BSD: jax.Array) -> jax.Array:
     return jnp.einsum('bsd,dv->bsv', h_BSD, self.head_weights_DV()).astype(jnp.float32)
@@ -232,12 +193,12 @@ class Transformer(nnx.Module):
   def init_cache(self, batch: int, length: int) -> tuple:
     """Empty k/v caches for `decode`: (k, v), each [num_layers, B, length, K, E] in the compute dtype."""
     shape = (self.cfg.num_layers, batch, length, self.cfg.num_kv_heads, self.cfg.head_dim)
-    return tuple(jnp.zeros(shape, self.cfg.compute_dtype) for _ in 'kv')  # two buffers: decoding donates both
+    return tuple(jnp.zeros(shape, jnp.dtype(self.cfg.dtype)) for _ in 'kv')  # two buffers: decoding donates both
 
   def decode(self, tokens_B1: jax.Array, cache: tuple, position: jax.Array) -> tuple:
     """Logits [B, V] after one more token per row at `position` of a single document, reading the k/v cache of
     the tokens before it and writing this one's: O(length) work per token instead of a whole forward pass."""
-    x_B1D = jnp.take(self.embed_VD[...], tokens_B1, axis=0).astype(self.cfg.compute_dtype)
+    x_B1D = jnp.take(self.embed_VD[...], tokens_B1, axis=0).astype(jnp.dtype(self.cfg.dtype))
     if self.cfg.scan_layers:
       def layer(x_B1D, block, layer_cache):
         return block.decode(x_B1D, layer_cache, position)

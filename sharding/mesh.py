@@ -7,25 +7,19 @@ axes that communicate most (tensor, sequence) stay within a host.
 from collections.abc import Sequence
 
 import jax
-import ml_collections
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
 from configs.errors import ConfigError
+from configs.sections import MESH_AXES as AXES
+from configs.sections import MeshConfig
 
-AXES = ('data', 'fsdp', 'tensor', 'sequence')
 
-
-def mesh_shape(mesh_cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
+def mesh_shape(mesh_cfg: MeshConfig, num_devices: int) -> dict[str, int]:
   """Resolve the one allowed -1 to the devices left over, and check the product is the device count."""
-  sizes = {a: int(mesh_cfg[a]) for a in AXES}
-  for a, n in sizes.items():
-    if n == 0 or n < -1:
-      raise ConfigError(f'mesh.{a}', n, 'use a positive size, or -1 for all remaining devices')
+  sizes = {a: getattr(mesh_cfg, a) for a in AXES}
   free = [a for a, n in sizes.items() if n == -1]
-  if len(free) > 1:
-    raise ConfigError(f'mesh.{free[1]}', -1, f'only one axis may be -1 (mesh.{free[0]} already is)')
   fixed = int(np.prod([n for n in sizes.values() if n != -1]))
   if free:
     if num_devices % fixed:
@@ -40,14 +34,14 @@ def mesh_shape(mesh_cfg: ml_collections.ConfigDict, num_devices: int) -> dict[st
   return sizes
 
 
-def build_mesh(mesh_cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Mesh:
+def build_mesh(mesh_cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
   """The mesh; with `mesh.dcn_data` > 1 the data axis is split into that many granules (TPU slices, or processes
   elsewhere) joined over the slower data-center network, and every other axis stays inside a granule."""
   devices = list(jax.devices() if devices is None else devices)
   sizes = mesh_shape(mesh_cfg, len(devices))
   shape = tuple(sizes[a] for a in AXES)
   axis_types = (AxisType.Auto,) * len(AXES)
-  dcn = int(mesh_cfg.dcn_data)
+  dcn = mesh_cfg.dcn_data
   if dcn <= 1:
     return jax.make_mesh(shape, AXES, axis_types=axis_types, devices=devices)
   if sizes['data'] % dcn:

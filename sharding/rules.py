@@ -17,34 +17,10 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from configs import default as default_config
-from configs.errors import ConfigError
-from sharding.mesh import AXES
+from configs.default import LOGICAL_RULES
+from configs.sections import LogicalRules, parse_rules
 
-LogicalRules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
-
-# Every logical name the model and the trainer use; a rules string must map each one.
-LOGICAL_NAMES = ('batch', 'length', 'embed', 'heads', 'kv_heads', 'mlp', 'vocab', 'head_dim', 'norm', 'layers')
-
-
-def parse(spec: str) -> LogicalRules:
-  """'embed=fsdp,batch=data+fsdp,norm=' -> (('embed', 'fsdp'), ('batch', ('data', 'fsdp')), ('norm', None))."""
-  rules = []
-  for item in (i.strip() for i in spec.split(',') if i.strip()):
-    name, sep, target = item.partition('=')
-    axes = tuple(a.strip() for a in target.split('+') if a.strip())
-    bad = [a for a in axes if a not in AXES]
-    if not sep or bad:
-      raise ConfigError('mesh.rules', spec, f'write name=axis[+axis] items with axes from {", ".join(AXES)}, '
-                        f'or name= for replicated (at {item!r})')
-    rules.append((name.strip(), None if not axes else axes[0] if len(axes) == 1 else axes))
-  missing = [n for n in LOGICAL_NAMES if n not in dict(rules)]
-  if missing:
-    raise ConfigError('mesh.rules', spec, f'give a rule for {", ".join(missing)} (name= replicates it)')
-  return tuple(rules)
-
-
-DEFAULT_RULES: LogicalRules = parse(default_config.get_config().mesh.rules)
+DEFAULT_RULES: LogicalRules = parse_rules(LOGICAL_RULES)
 _ACTIVE: contextvars.ContextVar[LogicalRules] = contextvars.ContextVar('ringlm_logical_rules', default=DEFAULT_RULES)
 
 
@@ -62,8 +38,14 @@ def logical_to_spec(axes: Sequence[str | None], rules: LogicalRules | None = Non
   table = dict(_ACTIVE.get() if rules is None else rules)
   unknown = [a for a in axes if a is not None and a not in table]
   if unknown:
-    raise KeyError(f'logical axis {unknown[0]!r} has no rule; add it to mesh.rules and LOGICAL_NAMES')
+    raise KeyError(f'logical axis {unknown[0]!r} has no rule; add it to mesh.rules and configs.sections.LOGICAL_NAMES')
   return P(*(None if a is None else table[a] for a in axes))
+
+
+def mesh_axes(name: str, rules: LogicalRules | None = None) -> tuple[str, ...]:
+  """The mesh axes a logical dimension is split over under `rules` (default: the active ones); empty = replicated."""
+  target = logical_to_spec((name,), rules)[0]
+  return (target,) if isinstance(target, str) else tuple(target or ())
 
 
 def named(mesh: Mesh, axes: Sequence[str | None], rules: LogicalRules | None = None) -> NamedSharding:
@@ -101,8 +83,7 @@ def length_shards(rules: LogicalRules | None = None) -> int:
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or 'sequence' not in mesh.axis_names:
     return 1
-  target = logical_to_spec(('length',), rules)[0]
-  return math.prod(dict(mesh.shape)[a] for a in ((target,) if isinstance(target, str) else target or ()))
+  return math.prod(dict(mesh.shape)[a] for a in mesh_axes('length', rules))
 
 
 def sequence_chunks(x_BS: jax.Array, block: int) -> jax.Array:

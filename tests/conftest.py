@@ -38,6 +38,20 @@ def small_run_flags(corpus, tmp_path_factory) -> list[str]:
           '--config.train.eval_batches=2', '--config.checkpoint.every_steps=3']
 
 
+def typed(config):
+  """The typed Config of an ml_collections config, as main.py builds it."""
+  from configs.sections import Config
+
+  return Config.from_dict(config.to_dict())
+
+
+def typed_mesh(mesh_config):
+  """The typed mesh section of an ml_collections `config.mesh`."""
+  from configs.sections import MeshConfig
+
+  return MeshConfig(**mesh_config.to_dict())
+
+
 def run_main(*flags: str, check: bool = True, devices: int = 1,
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
   """Run main.py as a user would, in a fresh process with `devices` fake CPU devices (and `env` on top)."""

@@ -5,9 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import tiny
 from configs.errors import ConfigError
-from models import blockwise_attention
-from models.attention import AttentionMask, attend, validate_attention
+from configs.validate import validate
+from models.attention import AttentionMask, attend, blockwise
+from tests.conftest import typed
 
 B, S, H, K, E = 3, 64, 4, 2, 16  # odd batch, GQA
 Q_BLOCK, KV_BLOCK = 16, 8
@@ -117,8 +119,8 @@ def test_multi_head_attention_without_gqa():
 def _visited(mask: AttentionMask, block: int) -> int:
   q, k, v, _ = random_qkv(batch=mask.positions.shape[0], seq_len=mask.positions.shape[1], heads=1, kv_heads=1,
                           head_dim=4)
-  internal = blockwise_attention.to_internal(q, k, v)
-  return int(jax.jit(blockwise_attention.forward_chunk, static_argnums=(5, 6))(
+  internal = blockwise.to_internal(q, k, v)
+  return int(jax.jit(blockwise.forward_chunk, static_argnums=(5, 6))(
       *internal, mask, mask, block, block)[2])
 
 
@@ -148,6 +150,17 @@ def test_blockwise_memory_is_linear():
   assert blockwise < vanilla / 16, (blockwise, vanilla)
 
 
+def _validate_attention(kind: str, seq_len: int, q_block: int, kv_block: int, sequence: int, num_heads: int,
+                        num_kv_heads: int) -> None:
+  """The config checks of an attention setting: its section's own, then those spanning sections, on `sequence`
+  devices forming the sequence axis."""
+  c = tiny.get_config()
+  c.model.attention, c.model.q_block, c.model.kv_block = kind, q_block, kv_block
+  c.model.num_heads, c.model.num_kv_heads, c.model.head_dim = num_heads, num_kv_heads, 8
+  c.data.seq_len, c.mesh.data, c.mesh.sequence, c.train.batch_size = seq_len, 1, sequence, 4
+  validate(typed(c), sequence)
+
+
 @pytest.mark.parametrize('args, key', [
     (('flash', 256, 128, 128, 1, 4, 4), 'model.attention'),
     (('blockwise', 256, 0, 128, 1, 4, 4), 'model.q_block'),
@@ -159,11 +172,11 @@ def test_blockwise_memory_is_linear():
 ])
 def test_validate_attention_names_the_key(args, key):
   with pytest.raises(ConfigError) as error:
-    validate_attention(*args)
+    _validate_attention(*args)
   assert error.value.key == key
 
 
 def test_validate_attention_accepts_good_configs():
-  validate_attention('vanilla', 100, 128, 128, 1, 4, 2)
-  validate_attention('blockwise', 64, 128, 128, 1, 4, 4)  # blocks shrink to short sequences
-  validate_attention('ring', 256, 16, 32, 4, 8, 2)
+  _validate_attention('vanilla', 100, 128, 128, 1, 4, 2)
+  _validate_attention('blockwise', 64, 128, 128, 1, 4, 4)  # blocks shrink to short sequences
+  _validate_attention('ring', 256, 16, 32, 4, 8, 2)

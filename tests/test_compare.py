@@ -11,7 +11,7 @@ from configs.errors import ConfigError
 from configs.validate import validate
 from experiments import compare
 from train import probes
-from tests.conftest import run_main
+from tests.conftest import run_main, typed
 
 OBJECTIVES = ('causal', 'prefix_lm', 'masked_lm')
 
@@ -58,8 +58,8 @@ def test_bad_objectives_is_one_line_and_exit_2(small_run_flags, tmp_path, value)
 
 def test_budget_buys_causal_more_steps_only_where_it_skips_blocks():
   c = compare_preset.get_config()
-  validate(c, 1)
-  budget, plans = compare.make_plans(c)
+  validate(typed(c), 1)
+  budget, plans = compare.make_plans(typed(c))
   assert [p.steps for p in plans] == [c.train.steps] * 3
   assert budget == pytest.approx(c.train.steps * c.train.batch_size * c.data.seq_len * plans[0].flops_per_token)
 
@@ -67,7 +67,7 @@ def test_budget_buys_causal_more_steps_only_where_it_skips_blocks():
   c.train.steps = 100
 
   c.model.attention = 'blockwise'
-  budget, plans = compare.make_plans(c)
+  budget, plans = compare.make_plans(typed(c))
   steps = {p.objective: p.steps for p in plans}
   assert steps['prefix_lm'] == steps['masked_lm'] == 100 and steps['causal'] > 100
   assert all(p.training_flops <= budget < p.training_flops + p.flops_per_step for p in plans)
@@ -84,4 +84,4 @@ def test_bad_plan_names_the_key(key, value):
   section, name = key.split('.')
   c[section][name] = value
   with pytest.raises(ConfigError, match=f'^{key}='):
-    compare.make_plans(c)
+    compare.make_plans(typed(c))

@@ -10,6 +10,7 @@ from configs import default
 from configs.errors import ConfigError
 from data import builders, packing, pipeline, sources, tokenizers
 from data.quiet_tf import quietly, tfds
+from tests.conftest import typed
 
 NON_ASCII = '\n# ünïcödé ✓ 日本語 𝔘 — tabs\tand   spaces\n'
 
@@ -40,6 +41,11 @@ def make_config(cache_dir: pathlib.Path, text_dir: pathlib.Path | str = '', **da
   return config
 
 
+def make_dataset(config, split: str, *args, **kwargs):
+  """pipeline.make_dataset with the typed data section and seed of an ml_collections config."""
+  return pipeline.make_dataset(typed(config).data, config.seed, split, *args, **kwargs)
+
+
 def split_paths(builder, split: str) -> list[str]:
   return sorted(e['path'].decode() for e in tfds.as_numpy(builder.as_dataset(split=split)))
 
@@ -65,13 +71,13 @@ def test_byte_tokenizer_round_trips_real_text_and_counts_bytes():
 
 @pytest.fixture(scope='session')
 def spm_tokenizer(cache_dir, text_dir) -> tokenizers.Tokenizer:
-  d = make_config(cache_dir, text_dir).data
+  d = typed(make_config(cache_dir, text_dir)).data
   corpus = sources.open_corpus(d)
   return tokenizers.make_tokenizer(d, corpus.identity, sources.local_documents(corpus, 'train'))
 
 
 def test_sentencepiece_round_trips_unseen_text_and_counts_bytes(spm_tokenizer, cache_dir, text_dir):
-  corpus = sources.open_corpus(make_config(cache_dir, text_dir).data)
+  corpus = sources.open_corpus(typed(make_config(cache_dir, text_dir)).data)
   unseen = sources.local_documents(corpus, 'validation')
   assert unseen
   tok = spm_tokenizer
@@ -89,16 +95,16 @@ def test_sentencepiece_is_cached_per_corpus_and_vocab(spm_tokenizer, cache_dir, 
     raise AssertionError('a cached tokenizer must not read its training text')
     yield  # pragma: no cover
 
-  d = make_config(cache_dir, text_dir).data
+  d = typed(make_config(cache_dir, text_dir)).data
   corpus = sources.open_corpus(d)
   again = tokenizers.make_tokenizer(d, corpus.identity, never_read())
   assert again.identity == spm_tokenizer.identity
-  other = make_config(cache_dir, text_dir, vocab_size=600).data
+  other = typed(make_config(cache_dir, text_dir, vocab_size=600)).data
   assert tokenizers.make_tokenizer(other, corpus.identity, sources.local_documents(corpus, 'train')).vocab_size == 600
 
 
 def test_unigram_round_trips(cache_dir, text_dir):
-  d = make_config(cache_dir, text_dir, spm_model_type='unigram').data
+  d = typed(make_config(cache_dir, text_dir, spm_model_type='unigram')).data
   corpus = sources.open_corpus(d)
   tok = tokenizers.make_tokenizer(d, corpus.identity, sources.local_documents(corpus, 'train'))
   text = sources.local_documents(corpus, 'validation')[0] + NON_ASCII
@@ -131,14 +137,14 @@ def test_packing_keeps_documents_whole_apart_and_in_order():
   lengths = [0, 3, 14, 14, 15, 40, 1, 7, 16, 5, 33]
   docs = [rng.integers(8, 100, n).astype(np.int32) for n in lengths]
   rows = packing.pack(docs, S, bos, eos, 0)
-  assert rows.tokens_NS.shape[1] == S and all(a.dtype == np.int32 for a in rows)
+  assert rows.tokens_RS.shape[1] == S and all(a.dtype == np.int32 for a in rows)
   pieces = unpack(rows)
   np.testing.assert_array_equal(np.concatenate(pieces), np.concatenate([[bos, *d, eos] for d in docs]))
   # A document that fits in a row (len + 2 <= S) is one segment; longer ones are cut into row-sized pieces.
   wanted = [[bos, *d, eos] for d in docs]
   whole = {tuple(w) for w in wanted if len(w) <= S}
   assert whole <= {tuple(p) for p in pieces}
-  assert len(rows.tokens_NS) == 12  # next fit, worked by hand: long documents fill the gaps short ones leave
+  assert len(rows.tokens_RS) == 12  # next fit, worked by hand: long documents fill the gaps short ones leave
 
 
 def test_packing_resumes_from_any_row_start():
@@ -183,7 +189,7 @@ def test_text_dir_builder_is_keyed_by_folder(text_dir, tmp_path):
 
 
 def test_stdlib_builder_holds_library_sources_only(cache_dir, tmp_path):
-  corpus = sources.open_corpus(make_config(cache_dir).data)
+  corpus = sources.open_corpus(typed(make_config(cache_dir)).data)
   train, validation = split_paths(corpus.builder, 'train'), split_paths(corpus.builder, 'validation')
   assert len(train) > 500 and len(validation) > 5 and not set(train) & set(validation)
   every = train + validation
@@ -203,13 +209,13 @@ def config(cache_dir, text_dir, spm_tokenizer):
 
 
 def test_batches_are_step_indexed_whatever_was_asked_before(config):
-  ds = pipeline.make_dataset(config, 'train')
+  ds = make_dataset(config, 'train')
   assert ds.num_rows > 40
   first = ds.batch(7, 8)
   assert set(first) == {'tokens', 'segment_ids', 'positions'}
   assert all(v.shape == (8, 128) and v.dtype == np.int32 for v in first.values())
   ds.batch(0, 8), ds.batch(1000, 8)
-  again = pipeline.make_dataset(config, 'train').batch(7, 8)
+  again = make_dataset(config, 'train').batch(7, 8)
   for key in first:
     np.testing.assert_array_equal(first[key], ds.batch(7, 8)[key])
     np.testing.assert_array_equal(first[key], again[key])
@@ -217,24 +223,24 @@ def test_batches_are_step_indexed_whatever_was_asked_before(config):
 
 
 def test_an_epoch_visits_every_row_once_in_a_seeded_order(config):
-  ds = pipeline.make_dataset(config, 'train')
+  ds = make_dataset(config, 'train')
   n = ds.num_rows
   epoch0, epoch1 = ds.batch(0, n)['tokens'], ds.batch(1, n)['tokens']
-  rows = pipeline.make_dataset(config, 'train', shuffle=False).batch(0, n)['tokens']
+  rows = make_dataset(config, 'train', shuffle=False).batch(0, n)['tokens']
   key = lambda a: sorted(map(bytes, a))  # noqa: E731
   assert key(epoch0) == key(rows) == key(epoch1)
   assert not np.array_equal(epoch0, rows) and not np.array_equal(epoch0, epoch1)
   config.seed = 1
   try:
-    assert not np.array_equal(pipeline.make_dataset(config, 'train').batch(0, n)['tokens'], epoch0)
+    assert not np.array_equal(make_dataset(config, 'train').batch(0, n)['tokens'], epoch0)
   finally:
     config.seed = 0
 
 
 @pytest.mark.parametrize('process_count', [2, 4])
 def test_process_shards_are_disjoint_and_make_the_global_batch(config, process_count):
-  whole = pipeline.make_dataset(config, 'train').batch(3, 8)
-  parts = [pipeline.make_dataset(config, 'train', p, process_count).batch(3, 8) for p in range(process_count)]
+  whole = make_dataset(config, 'train').batch(3, 8)
+  parts = [make_dataset(config, 'train', p, process_count).batch(3, 8) for p in range(process_count)]
   assert all(len(p['tokens']) == 8 // process_count for p in parts)
   for key in whole:
     np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
@@ -242,51 +248,51 @@ def test_process_shards_are_disjoint_and_make_the_global_batch(config, process_c
 
 
 def test_eval_batches_are_fixed_and_in_order(config):
-  ds = pipeline.make_dataset(config, 'validation')
-  in_order = pipeline.make_dataset(config, 'validation', shuffle=False).batch(0, ds.num_rows)['tokens']
+  ds = make_dataset(config, 'validation')
+  in_order = make_dataset(config, 'validation', shuffle=False).batch(0, ds.num_rows)['tokens']
   np.testing.assert_array_equal(ds.batch(1, 2)['tokens'], in_order[2:4])
   config.seed = 5
   try:
-    np.testing.assert_array_equal(pipeline.make_dataset(config, 'validation').batch(1, 2)['tokens'], in_order[2:4])
+    np.testing.assert_array_equal(make_dataset(config, 'validation').batch(1, 2)['tokens'], in_order[2:4])
   finally:
     config.seed = 0
 
 
 def test_packed_split_holds_every_document_token_once_in_order(config, spm_tokenizer):
-  ds = pipeline.make_dataset(config, 'train', shuffle=False)
-  rows = packing.Rows(**{f'{k}_NS': v for k, v in ds.batch(0, ds.num_rows).items()})
-  corpus = sources.open_corpus(config.data)
+  ds = make_dataset(config, 'train', shuffle=False)
+  rows = packing.Rows(**{f'{k}_RS': v for k, v in ds.batch(0, ds.num_rows).items()})
+  corpus = sources.open_corpus(typed(config).data)
   docs = spm_tokenizer.encode_batch(sources.local_documents(corpus, 'train'))
   bos, eos = spm_tokenizer.bos_id, spm_tokenizer.eos_id
   np.testing.assert_array_equal(np.concatenate(unpack(rows)), np.concatenate([[bos, *d, eos] for d in docs]))
 
 
 def test_catalogue_name_is_streamed_per_process_and_step_indexed(config, cache_dir):
-  corpus = sources.open_corpus(config.data)  # read back, by name, as a catalogue dataset
+  corpus = sources.open_corpus(typed(config).data)  # read back, by name, as a catalogue dataset
   name = f'{corpus.builder.name}/{corpus.builder.builder_config.name}'
   cat = make_config(cache_dir, tfds_name=name, tfds_data_dir=str(cache_dir / 'tfds'), tokenizer='byte',
                     vocab_size=264)
-  ds = pipeline.make_dataset(cat, 'train', 0, 2)
+  ds = make_dataset(cat, 'train', 0, 2)
   assert ds.num_rows is None
   b3 = ds.batch(3, 4)
   b1 = ds.batch(1, 4)
   np.testing.assert_array_equal(ds.batch(3, 4)['tokens'], b3['tokens'])
-  np.testing.assert_array_equal(pipeline.make_dataset(cat, 'train', 0, 2).batch(1, 4)['tokens'], b1['tokens'])
-  other = pipeline.make_dataset(cat, 'train', 1, 2).batch(0, 4)['tokens']
-  ours = pipeline.make_dataset(cat, 'train', 0, 2).batch(0, 4)['tokens']
+  np.testing.assert_array_equal(make_dataset(cat, 'train', 0, 2).batch(1, 4)['tokens'], b1['tokens'])
+  other = make_dataset(cat, 'train', 1, 2).batch(0, 4)['tokens']
+  ours = make_dataset(cat, 'train', 0, 2).batch(0, 4)['tokens']
   assert not {bytes(r) for r in other} & {bytes(r) for r in ours}
   with pytest.raises(ConfigError, match='data.text_key'):
     cat.data.text_key = 'body'
-    pipeline.make_dataset(cat, 'train')
+    make_dataset(cat, 'train')
 
 
 def test_streamed_batch_is_reached_from_the_nearest_recorded_row(config, cache_dir, monkeypatch):
   """A new dataset (a resumed run) reaches batch 300 by skipping to the saved start of row 960, inside a document,
   instead of re-reading the stream from its first document; the rows are the ones the first reader got."""
-  corpus = sources.open_corpus(config.data)
+  corpus = sources.open_corpus(typed(config).data)
   cat = make_config(cache_dir, tfds_name=f'{corpus.builder.name}/{corpus.builder.builder_config.name}',
                     tfds_data_dir=str(cache_dir / 'tfds'), tokenizer='byte', vocab_size=264, seq_len=128)
-  reader = pipeline.make_dataset(cat, 'train', 0, 1)
+  reader = make_dataset(cat, 'train', 0, 1)
   want = reader.batch(300, 4)  # rows 1200..1203; the starts of rows 0, 64, ..., 960 are saved on the way
   assert reader._index[960][2] > 0  # (epoch, document, token offset): row 960 starts inside a document
   skips, stream_documents = [], sources.stream_documents
@@ -296,14 +302,14 @@ def test_streamed_batch_is_reached_from_the_nearest_recorded_row(config, cache_d
     return stream_documents(corpus, split, process_index, process_count, skip)
 
   monkeypatch.setattr(sources, 'stream_documents', spy)
-  got = pipeline.make_dataset(cat, 'train', 0, 1).batch(300, 4)
+  got = make_dataset(cat, 'train', 0, 1).batch(300, 4)
   assert skips and skips[0] > 0, skips
   for name in want:
     np.testing.assert_array_equal(got[name], want[name])
 
 
 def test_default_corpus_end_to_end_with_bytes(cache_dir):
-  ds = pipeline.make_dataset(make_config(cache_dir, tokenizer='byte', vocab_size=264, seq_len=256), 'validation')
+  ds = make_dataset(make_config(cache_dir, tokenizer='byte', vocab_size=264, seq_len=256), 'validation')
   assert ds.num_rows > 100
   batch = ds.batch(0, 4)
   assert batch['tokens'].shape == (4, 256)
@@ -312,7 +318,7 @@ def test_default_corpus_end_to_end_with_bytes(cache_dir):
 
 def test_building_and_reading_print_nothing(text_dir, tmp_path, capfd):
   config = make_config(tmp_path, text_dir, tokenizer='byte', vocab_size=264)
-  pipeline.make_dataset(config, 'train').batch(0, 2)
+  make_dataset(config, 'train').batch(0, 2)
   assert capfd.readouterr() == ('', '')
 
 
@@ -336,14 +342,14 @@ def test_bad_config_raises_config_error_naming_the_key(cache_dir, text_dir, key,
   config = make_config(cache_dir, text_dir)
   config.data.update(overrides)
   with pytest.raises(ConfigError) as error:
-    pipeline.make_dataset(config, 'train')
+    make_dataset(config, 'train')
   assert error.value.key == key and str(error.value).startswith(key) and '\n' not in str(error.value)
 
 
 def test_empty_text_dir_and_bad_split_and_batch_size(cache_dir, config, tmp_path):
   with pytest.raises(ConfigError, match='^data.text_dir'):
-    pipeline.make_dataset(make_config(cache_dir, tmp_path), 'train')
+    make_dataset(make_config(cache_dir, tmp_path), 'train')
   with pytest.raises(ConfigError, match='^data.eval_split'):
-    pipeline.make_dataset(config, 'test')
+    make_dataset(config, 'test')
   with pytest.raises(ConfigError, match='^train.batch_size'):
-    pipeline.make_dataset(config, 'train', 1, 3).batch(0, 8)
+    make_dataset(config, 'train', 1, 3).batch(0, 8)

@@ -3,15 +3,14 @@
 import numpy as np
 import pytest
 
-from configs import default
 from configs.errors import ConfigError
+from configs.sections import ModelConfig
 from train import flops
 
 
-def _model(**overrides):
-  m = default.get_config().model
-  m.update(overrides)
-  return m
+def _model(**shape):
+  """A ModelConfig of the given shape (vocab V unless given), the other keys at their defaults."""
+  return ModelConfig(**{'vocab_size': V, **shape})
 
 
 # L=2, D=8, H=2, K=1 (GQA), E=8//2=4, F=16; V=32, S=16.
@@ -41,20 +40,21 @@ def _size(tree) -> int:
 def test_count_params_hand_count():
   # Per block: q 8*2*4=64, k 8*1*4=32, v 32, o 64, SwiGLU 3*8*16=384, two norms 16 -> 592.
   non_embedding = 2 * 592 + 8  # plus the final norm
-  assert flops.count_params(_model(**SMALL), V) == dict(
+  assert flops.count_params(_model(**SMALL)) == dict(
       total=non_embedding + 32 * 8, non_embedding=non_embedding, embedding=32 * 8)
-  untied = flops.count_params(_model(**SMALL, tie_embeddings=False), V)
+  untied = flops.count_params(_model(**SMALL, tie_embeddings=False))
   assert untied == dict(total=non_embedding + 2 * 32 * 8, non_embedding=non_embedding, embedding=2 * 32 * 8)
 
 
 @pytest.mark.parametrize('tied', [True, False])
-@pytest.mark.parametrize('shape', [SMALL, dict(num_layers=3, d_model=12, num_heads=6, num_kv_heads=2, head_dim=5,
+@pytest.mark.parametrize('shape', [SMALL, dict(num_layers=3, d_model=12, num_heads=6, num_kv_heads=2, head_dim=6,
                                                d_ff=20)])
 def test_count_params_matches_param_tree(shape, tied):
-  m = _model(**shape, tie_embeddings=tied)
-  E = m.head_dim or m.d_model // m.num_heads
+  m = _model(**shape, tie_embeddings=tied, vocab_size=50)
+  E = m.head_dim  # resolved when the config is built: d_model // num_heads for head_dim=0
+  assert E == (shape['head_dim'] or shape['d_model'] // shape['num_heads'])
   tree = _param_tree(m.num_layers, m.d_model, m.num_heads, m.num_kv_heads, E, m.d_ff, 50, tied)
-  counts = flops.count_params(m, 50)
+  counts = flops.count_params(m)
   assert counts['total'] == _size(tree)
   vocab_tables = _size(tree['embed']) + (0 if tied else _size(tree['head']))
   assert counts['embedding'] == vocab_tables
@@ -65,10 +65,10 @@ def test_flops_per_token_hand_count():
   matmul_weights = 2 * (64 + 32 + 32 + 64 + 384) + 8 * 32  # blocks, then the LM head D*V
   attention = 3 * 2 * 4 * S * 2 * 4  # 3 (fwd+bwd) * L * (2+2 for QK^T and AV) * S * H * E
   m = _model(**SMALL)
-  assert flops.flops_per_token(m, S, V, causal_skip=False) == 6 * matmul_weights + attention
-  assert flops.flops_per_token(m, S, V, causal_skip=True) == 6 * matmul_weights + attention / 2
+  assert flops.flops_per_token(m, S, causal_skip=False) == 6 * matmul_weights + attention
+  assert flops.flops_per_token(m, S, causal_skip=True) == 6 * matmul_weights + attention / 2
   # Tying shares the head's weights, not its matmul.
-  assert flops.flops_per_token(_model(**SMALL, tie_embeddings=False), S, V) == 6 * matmul_weights + attention
+  assert flops.flops_per_token(_model(**SMALL, tie_embeddings=False), S) == 6 * matmul_weights + attention
 
 
 def test_chinchilla_hand_count():
@@ -82,32 +82,33 @@ def test_chinchilla_hand_count():
   final_logits = 2 * S * 8 * V
   forward = embeddings + 2 * (qkv + logits + softmax + reduction + final_linear + dense) + final_logits
   m = _model(**SMALL)
-  assert flops.chinchilla_flops_per_token(m, S, V) == pytest.approx(3 * forward / S, rel=1e-12)
+  assert flops.chinchilla_flops_per_token(m, S) == pytest.approx(3 * forward / S, rel=1e-12)
   skipped = forward - 2 * (logits + softmax + reduction) / 2
-  assert flops.chinchilla_flops_per_token(m, S, V, causal_skip=True) == pytest.approx(3 * skipped / S, rel=1e-12)
+  assert flops.chinchilla_flops_per_token(m, S, causal_skip=True) == pytest.approx(3 * skipped / S, rel=1e-12)
 
 
 @pytest.mark.parametrize('causal_skip,denominator', [(False, 6), (True, 12)])
 def test_reduces_to_seed_formula(causal_skip, denominator):
   """Standard shape (H*E = d, K = H, F = 8d/3): flops - 6dV = 6 N (1 + s/6d), N = 12 L d^2 (s/12d with the skip)."""
   L, d, s, vocab = 3, 96, 128, 1000
-  m = _model(num_layers=L, d_model=d, num_heads=4, num_kv_heads=4, head_dim=0, d_ff=8 * d // 3)
+  m = _model(num_layers=L, d_model=d, num_heads=4, num_kv_heads=4, head_dim=0, d_ff=8 * d // 3, vocab_size=vocab)
   N = 12 * L * d ** 2
-  assert flops.count_params(m, vocab)['non_embedding'] - (2 * L + 1) * d == N  # matmul weights only
-  got = flops.flops_per_token(m, s, vocab, causal_skip=causal_skip) - 6 * d * vocab
+  assert flops.count_params(m)['non_embedding'] - (2 * L + 1) * d == N  # matmul weights only
+  got = flops.flops_per_token(m, s, causal_skip=causal_skip) - 6 * d * vocab
   assert got == pytest.approx(6 * N * (1 + s / (denominator * d)), rel=1e-12)
 
 
 def test_chinchilla_close_to_6n_for_large_models():
-  m = _model(num_layers=24, d_model=2048, num_heads=16, num_kv_heads=16, d_ff=5504)
-  ratio = flops.chinchilla_flops_per_token(m, 2048, 32000) / flops.flops_per_token(m, 2048, 32000)
+  m = _model(num_layers=24, d_model=2048, num_heads=16, num_kv_heads=16, head_dim=0, d_ff=5504, vocab_size=32000)
+  ratio = flops.chinchilla_flops_per_token(m, 2048) / flops.flops_per_token(m, 2048)
   assert 1.0 < ratio < 1.1
 
 
 @pytest.mark.parametrize('key,value', [('num_kv_heads', 3), ('d_model', 0), ('head_dim', -1)])
 def test_bad_shapes_raise_config_error(key, value):
+  """The model's shape is checked when its config is built, before anything is counted."""
   with pytest.raises(ConfigError) as err:
-    flops.count_params(_model(**{**SMALL, 'num_heads': 4, key: value}), V)
+    flops.count_params(_model(**{**SMALL, 'num_heads': 4, key: value}))
   assert err.value.key == f'model.{key}'
   with pytest.raises(ConfigError, match='data.vocab_size'):
-    flops.flops_per_token(_model(**SMALL), S, 0)
+    flops.flops_per_token(_model(**SMALL, vocab_size=0), S)

@@ -16,7 +16,9 @@ from configs import tiny
 from models.attention import AttentionMask, attend
 from models.mlp import swiglu_ffn
 from sharding.mesh import build_mesh
-from train import loop
+from tests.conftest import typed, typed_mesh
+from train import estimate
+from train.runtime import Runtime
 
 
 @functools.cache
@@ -67,7 +69,7 @@ def test_blockwise_ffn_chunks_each_sequence_shard():
   S, D, F = 4096, 64, 512
   mesh_cfg = tiny.get_config().mesh
   mesh_cfg.data, mesh_cfg.sequence = 1, 8
-  mesh = build_mesh(mesh_cfg)
+  mesh = build_mesh(typed_mesh(mesh_cfg))
   x = jax.ShapeDtypeStruct((1, S, D), jnp.float32, sharding=NamedSharding(mesh, P(None, 'sequence')))
   w = [jax.ShapeDtypeStruct(s, jnp.float32, sharding=NamedSharding(mesh, P())) for s in ((D, F), (D, F), (F, D))]
 
@@ -79,13 +81,19 @@ def test_blockwise_ffn_chunks_each_sequence_shard():
   assert temp(64) * 5 <= temp(None)  # measured 1/6.2
 
 
+def _estimate(config, workdir) -> dict:
+  """--mode=estimate's numbers for an ml_collections config (no data is opened)."""
+  config = typed(config)
+  return estimate.estimate(Runtime(config).run(config, str(workdir), with_data=False))
+
+
 def test_memory_efficient_train_step_below_vanilla(tmp_path):
   """The whole compiled train step (one layer of the tiny config, seq_len 2048), as --mode=estimate reports it."""
   def memory(attention: str) -> int:
     config = tiny.get_config()
     config.model.num_layers, config.data.seq_len, config.model.attention = 1, 2048, attention
     config.train.batch_size = jax.device_count()  # one sequence per device on the data axis
-    return loop.estimate(config, str(tmp_path / attention))['memory_per_device_bytes']
+    return _estimate(config, tmp_path / attention)['memory_per_device_bytes']
 
   assert memory('blockwise') * 2 <= memory('vanilla')  # measured 1/3.0
 
@@ -97,6 +105,6 @@ def test_gradient_accumulation_divides_activation_memory(tmp_path):
     config = tiny.get_config()
     config.model.num_layers, config.data.seq_len, config.model.attention = 1, 512, 'blockwise'
     config.train.batch_size, config.train.grad_accum_steps = 32, accum
-    return loop.estimate(config, str(tmp_path / str(accum)))['memory_activations_per_device_bytes']
+    return _estimate(config, tmp_path / str(accum))['memory_activations_per_device_bytes']
 
   assert activations(4) * 3 <= activations(1)  # measured 1/3.4

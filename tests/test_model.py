@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs.sections import ModelConfig
 from models.attention import AttentionMask
 from models.mlp import swiglu_ffn
-from models.transformer import ModelConfig, apply_rope
+from models.transformer import apply_rope
 from train import params as params_lib
 
 CFG = ModelConfig(vocab_size=97, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, head_dim=8, d_ff=64)

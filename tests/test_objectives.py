@@ -10,8 +10,8 @@ import pytest
 
 from configs import tiny
 from configs.errors import ConfigError
+from configs.sections import ModelConfig
 from configs.validate import validate
-from models.transformer import ModelConfig
 from sharding.mesh import build_mesh
 from train import objectives
 from train import optimizer as optimizer_lib
@@ -19,6 +19,7 @@ from train import params as params_lib
 from train import state as state_lib
 from train import step as step_lib
 from train.objectives import ObjectiveSpec
+from tests.conftest import typed
 
 V = 64
 SPEC = ObjectiveSpec(vocab_size=V, pad_id=0, mask_id=3, num_special=8)
@@ -195,6 +196,7 @@ def test_train_step_lowers_the_objective_loss_on_a_fixed_batch(objective):
   config.model.d_ff, config.data.vocab_size, config.data.seq_len = 64, V, S
   config.train.batch_size, config.train.steps, config.train.warmup_steps = B, steps, 0
   config.train.learning_rate, config.mesh.data, config.objective = 1e-2, 1, objective
+  config = typed(config)
   mesh = build_mesh(config.mesh, jax.devices()[:1])
   setup = state_lib.build(config, mesh)
   spec = ObjectiveSpec.from_config(config.objectives, vocab_size=V, pad_id=0, mask_id=3, num_special=8)
@@ -225,10 +227,10 @@ def test_bad_objective_settings_are_config_errors(key, value):
   config = tiny.get_config()
   config.objective = 'masked_lm' if key == 'mask_rate' else 'prefix_lm'
   config.objectives.prefix_max_frac = 0.5
-  validate(config, 1)
+  validate(typed(config), 1)
   config.objectives[key] = value
   with pytest.raises(ConfigError) as err:
-    validate(config, 1)
+    validate(typed(config), 1)
   assert err.value.key == f'objectives.{key}' and '\n' not in str(err.value)
 
 
@@ -237,5 +239,5 @@ def test_empty_prefix_ranges_are_config_errors(lo, hi, key):
   config = tiny.get_config()
   config.objectives.prefix_min_frac, config.objectives.prefix_max_frac = lo, hi
   with pytest.raises(ConfigError, match='empty range') as err:
-    validate(config, 1)
+    validate(typed(config), 1)
   assert err.value.key == f'objectives.{key}'

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from configs import default
-from models.transformer import ModelConfig
+from configs.sections import ModelConfig
 from sharding.mesh import build_mesh
+from tests.conftest import typed_mesh
 from tests.test_objectives import SPEC, V, packed
 from train import loss as loss_lib
 from train import params as params_lib
@@ -77,7 +78,7 @@ def test_probes_under_ring_attention_read_the_same(run):
   params, batch, sums = run
   mesh_cfg = default.get_config().mesh
   mesh_cfg.data, mesh_cfg.sequence = 1, 4
-  mesh = build_mesh(mesh_cfg, jax.devices()[:4])
+  mesh = build_mesh(typed_mesh(mesh_cfg), jax.devices()[:4])
   ring = dataclasses.replace(MODEL, attention='ring', q_block=2, kv_block=2)
   with jax.set_mesh(mesh):
     probe = probes.make_probe_sums(ring, SPEC, np.ones(V, np.int32),

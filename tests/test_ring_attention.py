@@ -8,9 +8,8 @@ from jax import lax
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
-from models.attention import AttentionMask, attend
-from models import blockwise_attention, ring_attention
-from models.ring_attention import zigzag_inverse_permutation, zigzag_permutation
+from models.attention import AttentionMask, attend, blockwise, ring
+from models.attention.ring import zigzag_inverse_permutation, zigzag_permutation
 from tests.test_attention import _outputs_and_grads, _visited, dense_mask, make_mask, random_qkv, reference
 
 AXES = ('data', 'fsdp', 'tensor', 'sequence')
@@ -67,8 +66,8 @@ def _ring_visited(mask: AttentionMask, n: int, block: int) -> int:
   mesh = jax.make_mesh((1, 1, 1, n), AXES, axis_types=(AxisType.Auto,) * 4, devices=jax.devices()[:n])
 
   def local(q, k, v, mask):
-    internal = blockwise_attention.to_internal(q, k, v)
-    return lax.psum(ring_attention._forward(*internal, mask, n, block, block)[2], 'sequence')
+    internal = blockwise.to_internal(q, k, v)
+    return lax.psum(ring._forward(*internal, mask, ring.Ring('sequence', n), block, block)[2], 'sequence')
 
   specs = (P(None, 'sequence'),) * 4
   return int(jax.jit(jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P(), check_vma=False))(q, k, v, mask))

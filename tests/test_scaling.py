@@ -11,23 +11,23 @@ from configs import scaling as scaling_preset
 from configs import scaling_micro
 from configs.errors import ConfigError
 from experiments import scaling
-from tests.conftest import run_main
+from tests.conftest import run_main, typed
 from train import flops
 
 PLOTS = ('isoflop.png', 'allocation.png', 'frontier.png')
 
 
 def test_width_depth_rule_and_plan():
-  c = scaling_preset.get_config()
+  c = typed(scaling_preset.get_config())
   model = scaling.model_for(c, 96)
   assert (model.d_model, model.num_layers, model.num_heads, model.num_kv_heads, model.d_ff) == (96, 4, 4, 4, 288)
   runs = scaling.plan(c)
   assert len(runs) == len(c.scaling.flops) * len(c.scaling.d_models) >= 15
   tokens_per_step = c.train.batch_size * c.data.seq_len
   for run in runs:
-    fpt = flops.flops_per_token(run.config.model, c.data.seq_len, c.data.vocab_size)
+    fpt = flops.flops_per_token(run.config.model, c.data.seq_len)
     assert run.C <= fpt * run.tokens < run.C + fpt * tokens_per_step  # D = C / fpt, rounded up to a whole step
-    assert run.N == flops.count_params(run.config.model, c.data.vocab_size)['total']
+    assert run.N == flops.count_params(run.config.model)['total']
     assert run.config.train.steps == run.config.checkpoint.every_steps == run.steps  # one checkpoint, at the end
     assert run.config.train.eval_every == 0
   assert len({r.run for r in runs}) == len(runs)
@@ -41,7 +41,7 @@ def test_bad_scaling_keys(key, value):
   c = scaling_preset.get_config()
   c.scaling[key] = value
   with pytest.raises(ConfigError, match=f'^scaling.{key}='):
-    scaling.check_config(c, 'scaling')
+    typed(c)
 
 
 def _common(corpus: pathlib.Path, tmp_path: pathlib.Path) -> list[str]:
@@ -81,9 +81,11 @@ def test_sweep_end_to_end_then_resume(corpus, tmp_path):
 
   # A finished run is not reused under settings that change its loss.
   micro.data.text_dir, micro.train.batch_size = str(corpus), 8  # 8: divisible by this process's 8 fake devices
-  run = scaling.plan(micro)[0]
+  from train.runtime import Runtime
+
+  run = scaling.plan(typed(micro))[0]
   with pytest.raises(ConfigError, match=r"^--workdir=.*train.batch_size was 4, now 8"):
-    scaling._train_or_load(run, out / 'runs' / run.run, is_main=True)
+    scaling._train_or_load(Runtime(typed(micro)), run, out / 'runs' / run.run)
 
 
 def _synthetic_csv(path: pathlib.Path, with_c: bool = True) -> pathlib.Path:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from tests.conftest import run_main
+from tests.conftest import run_main, typed
 from sharding import rules
 from sharding.mesh import build_mesh
 from train import optimizer as optimizer_lib
@@ -54,10 +54,11 @@ def packed_batches(vocab: int):
 
 
 def train_losses(config, devices) -> list[float]:
+  config = typed(config)
   mesh = build_mesh(config.mesh, devices)
   setup = state_lib.build(config, mesh)
   spec = ObjectiveSpec(vocab_size=config.data.vocab_size, pad_id=0, mask_id=3, num_special=8)
-  with jax.set_mesh(mesh), rules.use(rules.parse(config.mesh.rules)):
+  with jax.set_mesh(mesh), rules.use(config.mesh.logical_rules):
     step = step_lib.make_train_step(setup, mesh, 'causal', spec, np.ones(config.data.vocab_size, np.int32),
                                     optimizer_lib.learning_rate_schedule(config.train))
     state = setup.init()
@@ -69,6 +70,7 @@ def train_losses(config, devices) -> list[float]:
 
 
 def sharding_table(config) -> dict[str, str]:
+  config = typed(config)
   setup = state_lib.build(config, build_mesh(config.mesh))
   flat = jax.tree_util.tree_flatten_with_path(setup.shardings['params'])[0]
   return {jax.tree_util.keystr(path): str(tuple(s.spec)) for path, s in flat}

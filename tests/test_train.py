@@ -8,11 +8,12 @@ import pytest
 from configs import default
 from configs.errors import ConfigError
 from sharding.mesh import build_mesh
+from tests.conftest import typed
 from train import checkpoint as checkpoint_lib
-from train import loop
 from train import loss as loss_lib
 from train import objectives
 from train import optimizer as optimizer_lib
+from train import runtime as runtime_lib
 from train import state as state_lib
 from train import step as step_lib
 from train.objectives import ObjectiveSpec
@@ -77,6 +78,7 @@ def test_pads_are_excluded_from_the_loss():
 
 
 def _setup(config, devices=None):
+  config = typed(config)
   mesh = build_mesh(config.mesh, devices)
   return mesh, state_lib.build(config, mesh)
 
@@ -85,7 +87,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch():
   config = small_config()
   mesh, setup = _setup(config, jax.devices()[:1])
   step = step_lib.make_train_step(setup, mesh, 'causal', SPEC, np.ones(V, np.int32),
-                                  optimizer_lib.learning_rate_schedule(config.train))
+                                  optimizer_lib.learning_rate_schedule(typed(config).train))
   state = setup.init()
   batch = packed_batch()
   losses = []
@@ -114,7 +116,7 @@ def test_gradient_accumulation_makes_the_big_batch_step(objective, mesh):
   for accum in (1, 2):
     with jax.set_mesh(mesh):  # as the training loop runs its steps
       step = step_lib.make_train_step(setup, mesh, objective, SPEC, np.ones(V, np.int32),
-                                      optimizer_lib.learning_rate_schedule(config.train), grad_accum_steps=accum)
+                                      optimizer_lib.learning_rate_schedule(typed(config).train), grad_accum_steps=accum)
       state, metrics = step(setup.init(), batch)
     results[accum] = jax.device_get((metrics, jax.tree.map(jnp.subtract, state['params'], start)))
   (metrics_1, update_1), (metrics_2, update_2) = results[1], results[2]
@@ -138,12 +140,12 @@ def test_checkpoint_saved_on_data8_restores_onto_other_meshes(tmp_path):
   config.train.batch_size = 8
   mesh, setup = _setup(config, jax.devices())
   step = step_lib.make_train_step(setup, mesh, 'causal', SPEC, np.ones(V, np.int32),
-                                  optimizer_lib.learning_rate_schedule(config.train))
+                                  optimizer_lib.learning_rate_schedule(typed(config).train))
   state = setup.init()
   batch = {k: np.concatenate([v, v]) for k, v in packed_batch().items()}
   for _ in range(3):
     state, _ = step(state, batch)
-  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), config)
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), typed(config))
   ckpt.save(3, state, force=True)
   ckpt.close()
   expected = _eval_loss(config, setup, mesh, state['params'])
@@ -152,7 +154,7 @@ def test_checkpoint_saved_on_data8_restores_onto_other_meshes(tmp_path):
                              ({}, jax.devices()[:1])):
     other = small_config(**mesh_axes)
     other_mesh, other_setup = _setup(other, devices)
-    moved = checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), other).restore(other_setup)
+    moved = checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), typed(other)).restore(other_setup)
     assert int(moved['step']) == 3
     for a, b in zip(jax.tree.leaves(moved), jax.tree.leaves(state), strict=True):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -166,7 +168,7 @@ def test_init_from_takes_params_only(tmp_path):
   _, setup = _setup(config, jax.devices()[:1])
   source = setup.init()
   source['step'] = source['step'] + 5
-  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'source'), config)
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'source'), typed(config))
   ckpt.save(5, source, force=True)
   ckpt.close()
   params = checkpoint_lib.load_params(str(tmp_path / 'source'), setup)
@@ -179,18 +181,18 @@ def test_init_from_takes_params_only(tmp_path):
 def test_checkpoint_of_another_shape_is_a_clear_error(tmp_path):
   config = small_config()
   _, setup = _setup(config, jax.devices()[:1])
-  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), config)
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), typed(config))
   ckpt.save(1, setup.init(), force=True)
   ckpt.close()
   bigger = small_config()
   bigger.model.d_model = 64
   with pytest.raises(ConfigError, match='model.d_model'):
-    checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), bigger).restore(_setup(bigger, jax.devices()[:1])[1])
+    checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), typed(bigger)).restore(_setup(bigger, jax.devices()[:1])[1])
 
 
 def test_weight_decay_skips_norms_and_embedding_whether_or_not_layers_are_scanned():
+  from configs.sections import ModelConfig
   from train import params as params_lib
-  from models.transformer import ModelConfig
 
   for scan in (False, True):
     cfg = ModelConfig(vocab_size=V, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, head_dim=8, d_ff=64,
@@ -202,10 +204,10 @@ def test_weight_decay_skips_norms_and_embedding_whether_or_not_layers_are_scanne
 
 
 def test_processes_that_built_other_data_stop_with_a_config_error():
-  """make_run gathers each process's tokenizer-and-corpus digest (the 2-process test passes through it); here the
-  comparison itself, on digests as process_allgather returns them."""
-  config = small_config()
-  loop._raise_unless_equal(config, np.array([7, 7]))
+  """The runtime gathers each process's tokenizer-and-corpus digest (the 2-process test passes through it); here
+  the comparison itself, on digests as process_allgather returns them."""
+  cache_dir = small_config().data.cache_dir
+  runtime_lib.raise_unless_equal(cache_dir, np.array([7, 7]))
   with pytest.raises(ConfigError, match=r'processes \[1, 3\] built other tokenizers') as err:
-    loop._raise_unless_equal(config, np.array([7, 8, 7, 9]))
+    runtime_lib.raise_unless_equal(cache_dir, np.array([7, 8, 7, 9]))
   assert err.value.key == 'data.cache_dir'

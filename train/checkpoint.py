@@ -7,13 +7,13 @@ becomes the latest. Restoring takes the target shardings of the current mesh, so
 restores onto another.
 """
 
+import dataclasses
 import os
 
-import ml_collections
 import orbax.checkpoint as ocp
 
-from configs import default as default_config
 from configs.errors import ConfigError
+from configs.sections import Config, ModelConfig
 from train.state import State, StateSetup
 
 
@@ -22,9 +22,9 @@ SHAPE_KEYS = ('num_layers', 'd_model', 'num_heads', 'num_kv_heads', 'head_dim', 
               'scan_layers')
 
 
-def meta_for(config: ml_collections.ConfigDict) -> dict:
+def meta_for(config: Config) -> dict:
   """What a checkpoint must agree with to be resumed: the objective and everything that shapes the state."""
-  model = {k: config.model[k] for k in SHAPE_KEYS}
+  model = {k: getattr(config.model, k) for k in SHAPE_KEYS}
   return {'objective': config.objective, 'model': model, 'vocab_size': config.data.vocab_size,
           'tokenizer': config.data.tokenizer, 'seq_len': config.data.seq_len}
 
@@ -32,7 +32,7 @@ def meta_for(config: ml_collections.ConfigDict) -> dict:
 class Checkpointer:
   """Save every `checkpoint.every_steps` (async), keep `checkpoint.keep`, restore the latest onto this mesh."""
 
-  def __init__(self, directory: str, config: ml_collections.ConfigDict):
+  def __init__(self, directory: str, config: Config):
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint.keep, create=True,
                                            enable_async_checkpointing=True)
@@ -75,9 +75,12 @@ class Checkpointer:
         raise ConfigError(cfg_key, self.meta[key],
                           f'the checkpoint at step {step} in {self.directory} was written with {meta.get(key)!r}; '
                           'use that value or a new --workdir')
-    defaults = default_config.get_config().model  # a key newer than the checkpoint had its default value
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}  # keys newer than the checkpoint
+    stored_model = dict(meta['model'])
+    if stored_model.get('head_dim') == 0:  # written when 0 (= d_model / num_heads) was stored unresolved
+      stored_model['head_dim'] = stored_model['d_model'] // stored_model['num_heads']
     for key, value in self.meta['model'].items():
-      stored = meta['model'].get(key, defaults[key])
+      stored = stored_model.get(key, defaults[key])
       if stored != value:
         raise ConfigError(f'model.{key}', value,
                           f'the checkpoint at step {step} in {self.directory} has {stored!r}; '
@@ -101,3 +104,14 @@ def load_params(path: str, setup: StateSetup) -> dict:
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
   manager.close()
   return restored['state']['params']
+
+
+def latest_step(directory: str) -> int | None:
+  """The step of the latest complete checkpoint in `directory`, or None; reads nothing else (no config needed)."""
+  if not os.path.isdir(directory):
+    return None
+  manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(read_only=True))
+  try:
+    return manager.latest_step()
+  finally:
+    manager.close()

@@ -1,7 +1,7 @@
 """Parameter and FLOP accounting of the ringlm transformer, from the config alone (no model is built).
 
-Used by `--mode=estimate`, MFU in the train loop and the scaling-law study, so it must not import jax.
-`model_cfg` is `config.model` (or anything with the same attributes, such as `models.transformer.ModelConfig`).
+Used by `--mode=estimate`, MFU in the trainer and the scaling-law study, so it must not import jax. The model is
+a checked `ModelConfig` (its `vocab_size` is `data.vocab_size`).
 
 Dims: S sequence, D d_model, H query heads, K kv heads, E head dim, F d_ff, V vocab, L layers.
 
@@ -12,54 +12,16 @@ Two counts of training FLOPs per token:
   embedding lookup as a matmul and the softmax.
 """
 
-import dataclasses
-
-import ml_collections
-
-from configs.errors import ConfigError
+from configs.sections import Config, ModelConfig
 
 
-@dataclasses.dataclass(frozen=True)
-class _Dims:
-  L: int
-  D: int
-  H: int
-  K: int
-  E: int
-  F: int
-  V: int
-  tied: bool
-
-
-def _dims(model_cfg: ml_collections.ConfigDict, vocab_size: int, seq_len: int = 1) -> _Dims:
-  """Reads and checks the shape keys, so a bad config fails here with its key instead of as a negative count."""
-  if not isinstance(seq_len, int) or seq_len < 1:
-    raise ConfigError('data.seq_len', seq_len, 'set a positive integer')
-  for key in ('num_layers', 'd_model', 'num_heads', 'num_kv_heads', 'd_ff'):
-    value = getattr(model_cfg, key)
-    if not isinstance(value, int) or value < 1:
-      raise ConfigError(f'model.{key}', value, 'set a positive integer')
-  if not isinstance(vocab_size, int) or vocab_size < 1:
-    raise ConfigError('data.vocab_size', vocab_size, 'set a positive integer')
-  H, K = model_cfg.num_heads, model_cfg.num_kv_heads
-  if H % K:
-    raise ConfigError('model.num_kv_heads', K, f'must divide model.num_heads={H}')
-  head_dim = model_cfg.head_dim
-  if not isinstance(head_dim, int) or head_dim < 0:
-    raise ConfigError('model.head_dim', head_dim, 'set a positive integer, or 0 for d_model // num_heads')
-  E = head_dim or model_cfg.d_model // H
-  if E < 1:
-    raise ConfigError('model.head_dim', head_dim, 'd_model // num_heads is 0; set head_dim or num_heads <= d_model')
-  return _Dims(L=model_cfg.num_layers, D=model_cfg.d_model, H=H, K=K, E=E, F=model_cfg.d_ff, V=vocab_size,
-               tied=bool(model_cfg.tie_embeddings))
-
-
-def _block_matmul_params(d: _Dims) -> int:
+def _block_matmul_params(m: ModelConfig) -> int:
   """Weights of one block's matmuls: q, k, v, o projections and the three SwiGLU matrices."""
-  return d.D * d.H * d.E + 2 * d.D * d.K * d.E + d.H * d.E * d.D + 3 * d.D * d.F
+  D, H, K, E, F = m.d_model, m.num_heads, m.num_kv_heads, m.head_dim, m.d_ff
+  return D * H * E + 2 * D * K * E + H * E * D + 3 * D * F
 
 
-def count_params(model_cfg: ml_collections.ConfigDict, vocab_size: int) -> dict[str, int]:
+def count_params(m: ModelConfig) -> dict[str, int]:
   """Parameter counts: `total`, `non_embedding` and `embedding` (= total - non_embedding).
 
   `non_embedding` excludes the token embedding (V x D) and, when `tie_embeddings` is off, the separate LM head
@@ -67,14 +29,12 @@ def count_params(model_cfg: ml_collections.ConfigDict, vocab_size: int) -> dict[
   convention of Kaplan et al. (2020), under which loss follows cleaner power laws in N; the norm scales are kept in
   it. Chinchilla (Hoffmann et al. 2022) fits on total parameters instead, so `total` is reported too.
   """
-  d = _dims(model_cfg, vocab_size)
-  embedding = d.V * d.D * (1 if d.tied else 2)
-  non_embedding = d.L * (_block_matmul_params(d) + 2 * d.D) + d.D  # two norms per block, one final norm
+  embedding = m.vocab_size * m.d_model * (1 if m.tie_embeddings else 2)
+  non_embedding = m.num_layers * (_block_matmul_params(m) + 2 * m.d_model) + m.d_model  # 2 norms per block, 1 final
   return dict(total=embedding + non_embedding, non_embedding=non_embedding, embedding=embedding)
 
 
-def flops_per_token(model_cfg: ml_collections.ConfigDict, seq_len: int, vocab_size: int,
-                    causal_skip: bool = False) -> float:
+def flops_per_token(m: ModelConfig, seq_len: int, causal_skip: bool = False) -> float:
   """Training (forward + backward) FLOPs per token: 6 N + attention, counting multiply-adds as 2 FLOPs.
 
   N = L * (D*H*E + 2*D*K*E + H*E*D + 3*D*F) + D*V: every matmul weight, including the LM head (the head matmul runs
@@ -92,14 +52,12 @@ def flops_per_token(model_cfg: ml_collections.ConfigDict, seq_len: int, vocab_si
   flops_per_token - 6*d*V = 6*N_b*(1 + s/6d) exactly: the seed's form with N = non-embedding N_b, plus the head.
   With `causal_skip` it becomes 6*N_b*(1 + s/12d).
   """
-  d = _dims(model_cfg, vocab_size, seq_len)
-  matmul_params = d.L * _block_matmul_params(d) + d.D * d.V
-  attention = 3 * d.L * 4 * seq_len * d.H * d.E
+  matmul_params = m.num_layers * _block_matmul_params(m) + m.d_model * m.vocab_size
+  attention = 3 * m.num_layers * 4 * seq_len * m.num_heads * m.head_dim
   return float(6 * matmul_params + (attention / 2 if causal_skip else attention))
 
 
-def chinchilla_flops_per_token(model_cfg: ml_collections.ConfigDict, seq_len: int, vocab_size: int,
-                               causal_skip: bool = False) -> float:
+def chinchilla_flops_per_token(m: ModelConfig, seq_len: int, causal_skip: bool = False) -> float:
   """Training FLOPs per token itemised as in Chinchilla, Appendix F; backward = 2 x forward.
 
   Forward FLOPs per sequence of length S (Chinchilla's terms, adapted: k and v projections use K heads for GQA, and
@@ -116,12 +74,19 @@ def chinchilla_flops_per_token(model_cfg: ml_collections.ConfigDict, seq_len: in
   `causal_skip` halves the three S*S terms, as in `flops_per_token`. Unlike it, this counts the embedding and the
   softmax, so it is a few percent higher; the paper reports both counts agree closely with 6ND.
   """
-  d = _dims(model_cfg, vocab_size, seq_len)
-  S = seq_len
-  quadratic = 2 * S * S * d.H * d.E + 3 * d.H * S * S + 2 * S * S * d.H * d.E
+  S, D, H, K, E, F, V, L = (seq_len, m.d_model, m.num_heads, m.num_kv_heads, m.head_dim, m.d_ff, m.vocab_size,
+                             m.num_layers)
+  quadratic = 2 * S * S * H * E + 3 * H * S * S + 2 * S * S * H * E
   if causal_skip:
     quadratic /= 2
-  attention = 2 * S * d.D * (d.H + 2 * d.K) * d.E + quadratic + 2 * S * d.H * d.E * d.D
-  dense = 2 * S * 3 * d.D * d.F
-  forward = 2 * S * d.V * d.D + d.L * (attention + dense) + 2 * S * d.D * d.V
+  attention = 2 * S * D * (H + 2 * K) * E + quadratic + 2 * S * H * E * D
+  dense = 2 * S * 3 * D * F
+  forward = 2 * S * V * D + L * (attention + dense) + 2 * S * D * V
   return float(3 * forward / S)
+
+
+def train_flops_per_token(config: Config) -> float:
+  """What a run of `config` is credited per token (MFU, compare budgets, sweeps): blockwise and ring attention skip
+  the blocks above the diagonal, which only a causal mask hides."""
+  skip = config.objective == 'causal' and config.model.attention != 'vanilla'
+  return flops_per_token(config.model, config.data.seq_len, causal_skip=skip)

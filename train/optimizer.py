@@ -1,11 +1,12 @@
 """AdamW with linear warmup + cosine decay, global-norm clipping, and weight decay masked by parameter kind."""
 
 import jax
-import ml_collections
 import optax
 
+from configs.sections import TrainConfig
 
-def learning_rate_schedule(t: ml_collections.ConfigDict) -> optax.Schedule:
+
+def learning_rate_schedule(t: TrainConfig) -> optax.Schedule:
   """Warmup is capped at the run length, so a short run (--config.train.steps=20) still decays."""
   warmup = min(t.warmup_steps, t.steps - 1)
   return optax.warmup_cosine_decay_schedule(
@@ -24,7 +25,7 @@ def decay_mask(logical_axes_tree, decay_embeddings_and_norms: bool):
   return jax.tree.map(decays, logical_axes_tree, is_leaf=lambda x: isinstance(x, tuple))
 
 
-def make_optimizer(t: ml_collections.ConfigDict, logical_axes_tree) -> optax.GradientTransformation:
+def make_optimizer(t: TrainConfig, logical_axes_tree) -> optax.GradientTransformation:
   adamw = optax.adamw(
       learning_rate=learning_rate_schedule(t), b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,
       mask=decay_mask(logical_axes_tree, t.decay_embeddings_and_norms))

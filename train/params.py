@@ -10,7 +10,8 @@ import functools
 import jax
 from flax import nnx
 
-from models.transformer import ModelConfig, Transformer
+from configs.sections import ModelConfig
+from models.transformer import Transformer
 
 Params = dict
 

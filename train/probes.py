@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs.sections import ModelConfig
 from models.attention import AttentionMask
-from models.transformer import ModelConfig
 from train import loss as loss_lib
 from train import params as params_lib
 from train import step as step_lib
@@ -52,7 +52,6 @@ def make_probe_sums(model_cfg: ModelConfig, spec: ObjectiveSpec, token_bytes: np
 
   def probe_sums(params, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
     model = params_lib.apply(model_cfg, params)
-    block = model_cfg.ffn_block if model_cfg.ffn == 'blockwise' else None
 
     def sums(inputs_BS, mask: AttentionMask, readings: dict[str, tuple[jax.Array, jax.Array]]):
       batches = {name: ModelBatch(inputs_BS, mask, targets_BS, weights_BS)
@@ -63,7 +62,7 @@ def make_probe_sums(model_cfg: ModelConfig, spec: ObjectiveSpec, token_bytes: np
       h_BSD = model.hidden(first.inputs, first.mask)
       return {f'{name}/{k}': v for name, mb in batches.items()
               for k, v in loss_lib.loss_sums(h_BSD, model.head_weights_DV(), mb.targets, mb.weights,
-                                             token_bytes_V, block).items()}
+                                             token_bytes_V, model_cfg.ffn_chunk).items()}
 
     tokens_BS, seg_BS = batch['tokens'], batch['segment_ids']
     real_BS = seg_BS != 0

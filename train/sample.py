@@ -6,11 +6,12 @@ token by token, then each sampled token. One compiled program serves every posit
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from configs.errors import ConfigError
+from configs.sections import SampleConfig
 from train import params as params_lib
+from train.runtime import Run
 from train.state import StateSetup
 
 
@@ -30,19 +31,16 @@ def make_decode_step(setup: StateSetup, temperature: float, top_k: int):
   return jax.jit(step, donate_argnums=1)
 
 
-def sample(setup: StateSetup, params, tokenizer, config: ml_collections.ConfigDict) -> list[str]:
+def sample(setup: StateSetup, params, tokenizer, g: SampleConfig, seq_len: int, seed: int) -> list[str]:
   """Continue `sample.prompt` `sample.num_samples` times; each stops at end of document or the token budget."""
-  g, seq_len = config.sample, config.data.seq_len
   prompt = np.concatenate([[tokenizer.bos_id], tokenizer.encode(g.prompt)]).astype(np.int32)
   if len(prompt) >= seq_len:
     raise ConfigError('sample.prompt', g.prompt, f'is {len(prompt)} tokens; keep it under data.seq_len={seq_len}')
-  if g.temperature < 0 or g.top_k < 0 or g.num_samples <= 0 or g.max_new_tokens <= 0:
-    raise ConfigError('sample', g.to_dict(), 'temperature and top_k must be >= 0, the counts positive')
   decode = make_decode_step(setup, float(g.temperature), int(min(g.top_k, tokenizer.vocab_size)))
   tokens_BS = np.full((g.num_samples, seq_len), tokenizer.pad_id, np.int32)
   tokens_BS[:, :len(prompt)] = prompt
   done_B = np.zeros(g.num_samples, bool)
-  key = jax.random.PRNGKey(config.seed)
+  key = jax.random.PRNGKey(seed)
   cache = params_lib.apply(setup.model_cfg, params).init_cache(g.num_samples, seq_len)
   end = min(seq_len, len(prompt) + g.max_new_tokens)
   for position in range(end - 1):  # feeds the token at `position`, predicts the one after it
@@ -56,3 +54,17 @@ def sample(setup: StateSetup, params, tokenizer, config: ml_collections.ConfigDi
     if done_B.all():
       break
   return [tokenizer.decode(row[1:]) for row in tokens_BS]
+
+
+def sample_checkpoint(run: Run) -> list[str]:
+  """`--mode=sample`: samples from the latest checkpoint in the run's workdir."""
+  ckpt = run.checkpointer()
+  try:
+    if ckpt.latest_step() is None:
+      raise ConfigError('--workdir', run.workdir, 'no checkpoint to sample from there; train first (--mode=train)')
+    with run.runtime.active():
+      params = ckpt.restore(run.setup)['params']
+      return sample(run.setup, params, run.data.tokenizer, run.config.sample, run.config.data.seq_len,
+                    run.config.seed)
+  finally:
+    ckpt.close()

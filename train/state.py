@@ -8,11 +8,10 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from models.transformer import ModelConfig
+from configs.sections import Config, ModelConfig
 from sharding import rules
 from train import optimizer as optimizer_lib
 from train import params as params_lib
@@ -40,11 +39,12 @@ class StateSetup:
     return jax.jit(fresh, out_shardings=self.shardings)()
 
 
-def build(config: ml_collections.ConfigDict, mesh: Mesh) -> StateSetup:
-  model_cfg = ModelConfig.from_config(config)
+def build(config: Config, mesh: Mesh) -> StateSetup:
+  """The state of `config.model` trained by `config.train` on `mesh`, parameters laid out by `mesh.rules`."""
+  model_cfg = config.model
   axes = params_lib.logical_axes(model_cfg)
   optimizer = optimizer_lib.make_optimizer(config.train, axes)
-  param_shardings = rules.tree_shardings(mesh, axes, rules.parse(config.mesh.rules))
+  param_shardings = rules.tree_shardings(mesh, axes, config.mesh.logical_rules)
   param_shapes = params_lib.shapes(model_cfg)
   opt_shapes = jax.eval_shape(optimizer.init, param_shapes)
   replicated = rules.replicated(mesh)

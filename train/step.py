@@ -9,7 +9,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from models.ring_attention import zigzag_permutation
+from models.attention.ring import to_zigzag
 from sharding import rules
 from train import loss as loss_lib
 from train import objectives
@@ -25,8 +25,7 @@ def _loss_sums(setup: StateSetup, params, mb: ModelBatch, token_bytes_V: jax.Arr
   cfg = setup.model_cfg
   model = params_lib.apply(cfg, params)
   h_BSD = model.hidden(mb.inputs, mb.mask)
-  block = cfg.ffn_block if cfg.ffn == 'blockwise' else None
-  return loss_lib.loss_sums(h_BSD, model.head_weights_DV(), mb.targets, mb.weights, token_bytes_V, block)
+  return loss_lib.loss_sums(h_BSD, model.head_weights_DV(), mb.targets, mb.weights, token_bytes_V, cfg.ffn_chunk)
 
 
 def ring_layout(mb: ModelBatch, mesh: Mesh) -> ModelBatch:
@@ -35,9 +34,7 @@ def ring_layout(mb: ModelBatch, mesh: Mesh) -> ModelBatch:
   Applied after the objective (targets are already aligned), to every [B, S] array alike; attention masks by
   positions and the loss is a sum over tokens, so the numbers do not depend on the order.
   """
-  n = mesh.shape['sequence']
-  order = jnp.asarray(zigzag_permutation(mb.inputs.shape[1], n))
-  return jax.tree.map(lambda x: jnp.take(x, order, axis=1), mb)
+  return to_zigzag(mb, math.prod(mesh.shape[a] for a in rules.mesh_axes('length')))
 
 
 def _objective(name: str, mesh: Mesh, attention: str) -> Callable:

@@ -1,7 +1,8 @@
 """Pretraining objectives: each turns a packed batch into model inputs, a mask description, targets and weights.
 
 An objective is a function `(batch, rng, spec) -> ModelBatch` run inside the jitted step (so its noise comes from
-a step-derived key and resumes exactly). Adding one is one module plus a line in OBJECTIVES.
+a step-derived key and resumes exactly). Adding one is one module, a line in OBJECTIVES and its name in
+configs/sections.py's OBJECTIVES (the config's choices; a test keeps the two equal).
 """
 
 from collections.abc import Callable

@@ -4,8 +4,8 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
+from configs.sections import ObjectivesConfig
 from models.attention import AttentionMask
 
 
@@ -33,9 +33,9 @@ class ObjectiveSpec:
   prefix_max_frac: float = 1.0  # prefix_lm: upper end of the prefix fraction of each document
 
   @classmethod
-  def from_config(cls, objectives_cfg: ml_collections.ConfigDict, *, vocab_size: int, pad_id: int, mask_id: int,
+  def from_config(cls, objectives_cfg: ObjectivesConfig, *, vocab_size: int, pad_id: int, mask_id: int,
                   num_special: int) -> 'ObjectiveSpec':
-    """The tokenizer's ids plus the `objectives.*` config keys (validated by configs/validate.py)."""
+    """The tokenizer's ids plus the `objectives.*` settings."""
     o = objectives_cfg
     return cls(vocab_size=vocab_size, pad_id=pad_id, mask_id=mask_id, num_special=num_special,
                mask_rate=float(o.mask_rate), prefix_min_frac=float(o.prefix_min_frac),

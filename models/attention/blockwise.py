@@ -11,22 +11,28 @@ The per-kv-block steps are shared: blockwise attention loops them over its own k
 blocks visiting from other devices, sending each on as soon as it is done.
 """
 
-from __future__ import annotations
-
 import functools
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-if TYPE_CHECKING:
-  from models.attention import AttentionMask
+from models.attention.mask import AttentionMask
 
 
 def effective_block(block: int, length: int) -> int:
   """Blocks longer than the sequence (tiny configs) shrink to it rather than fail."""
   return min(block, length)
+
+
+def block_sizes(length: int, q_block: int, kv_block: int) -> tuple[int, int]:
+  """The (q, kv) block lengths used on a chunk of `length` tokens; a ValueError when they do not divide it.
+  configs/validate.py checks the same rule, naming the config key, before anything compiles."""
+  q_block, kv_block = effective_block(q_block, length), effective_block(kv_block, length)
+  if length % q_block or length % kv_block:
+    raise ValueError(f'q_block={q_block} and kv_block={kv_block} must divide the (per-device) length {length}')
+  return q_block, kv_block
 
 
 class BlockSummary(NamedTuple):
@@ -39,11 +45,11 @@ class BlockSummary(NamedTuple):
 
 
 def summarize(mask: AttentionMask, block: int) -> BlockSummary:
+  """Reduces each [B, S] mask array over blocks of `block` tokens: N = S / block per row."""
   B, S = mask.segment_ids.shape
-  seg_BNL = mask.segment_ids.reshape(B, S // block, block)
-  pos_BNL = mask.positions.reshape(B, S // block, block)
-  return BlockSummary(seg_BNL.min(-1), seg_BNL.max(-1), pos_BNL.min(-1), pos_BNL.max(-1),
-                      mask.bidirectional.reshape(B, S // block, block).any(-1))
+  blocks = lambda x: x.reshape(B, S // block, block)
+  seg, pos = blocks(mask.segment_ids), blocks(mask.positions)
+  return BlockSummary(seg.min(-1), seg.max(-1), pos.min(-1), pos.max(-1), blocks(mask.bidirectional).any(-1))
 
 
 def hidden(q: BlockSummary, kv: BlockSummary) -> jax.Array:
@@ -99,7 +105,7 @@ class Softmax(NamedTuple):
 
 
 def forward_kv_block(softmax: Softmax, visited: jax.Array, q_BKGSE: jax.Array, q_mask: AttentionMask,
-                     q_summary: BlockSummary, k_BKLE: jax.Array, v_BKLE: jax.Array, kv_mask: AttentionMask,
+                     q_summary: BlockSummary, k_BKJE: jax.Array, v_BKJE: jax.Array, kv_mask: AttentionMask,
                      q_block: int) -> tuple:
   """Folds one kv block into the softmax of every q block that sees any of it; returns (softmax, visited + pairs).
 
@@ -113,15 +119,15 @@ def forward_kv_block(softmax: Softmax, visited: jax.Array, q_BKGSE: jax.Array, q
     o_BKGQE, m_BKGQ, l_BKGQ = blocks = tuple(take(a, i, q_block, axis=3) for a in softmax)
 
     def compute(blocks):
-      s_BKGQL, vis_B11QL = _logits(take(q_BKGSE, i, q_block, axis=3), k_BKLE, take_mask(q_mask, i, q_block), kv_mask)
-      s_BKGQL = jnp.where(vis_B11QL, s_BKGQL, -jnp.inf)
-      m_new = jnp.maximum(m_BKGQ, s_BKGQL.max(-1))
+      s_BKGQJ, vis_B11QJ = _logits(take(q_BKGSE, i, q_block, axis=3), k_BKJE, take_mask(q_mask, i, q_block), kv_mask)
+      s_BKGQJ = jnp.where(vis_B11QJ, s_BKGQJ, -jnp.inf)
+      m_new = jnp.maximum(m_BKGQ, s_BKGQJ.max(-1))
       m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-      p_BKGQL = jnp.exp(s_BKGQL - m_safe[..., None])
+      p_BKGQJ = jnp.exp(s_BKGQJ - m_safe[..., None])
       correction = jnp.exp(m_BKGQ - m_safe)
-      pv_BKGQE = jnp.einsum('bkgql,bkle->bkgqe', p_BKGQL.astype(v_BKLE.dtype), v_BKLE,
+      pv_BKGQE = jnp.einsum('bkgqj,bkje->bkgqe', p_BKGQJ.astype(v_BKJE.dtype), v_BKJE,
                             preferred_element_type=jnp.float32)
-      return o_BKGQE * correction[..., None] + pv_BKGQE, m_new, l_BKGQ * correction + p_BKGQL.sum(-1)
+      return o_BKGQE * correction[..., None] + pv_BKGQE, m_new, l_BKGQ * correction + p_BKGQJ.sum(-1)
 
     skip = hidden(_pick(q_summary, i), kv_summary)
     blocks = lax.cond(skip, lambda b: b, compute, blocks)
@@ -144,9 +150,9 @@ def forward_chunk(q_BKGSE: jax.Array, k_BKTE: jax.Array, v_BKTE: jax.Array, q_ma
 
 
 def backward_kv_block(grads: tuple, q_BKGSE: jax.Array, do_BKGSE: jax.Array, lse_BKGS: jax.Array,
-                      delta_BKGS: jax.Array, q_mask: AttentionMask, q_summary: BlockSummary, k_BKLE: jax.Array,
-                      v_BKLE: jax.Array, kv_mask: AttentionMask, q_block: int) -> tuple:
-  """grads = (dq_BKGSE, dk_BKLE, dv_BKLE), float32: adds this kv block's share into the full-length dq (in place)
+                      delta_BKGS: jax.Array, q_mask: AttentionMask, q_summary: BlockSummary, k_BKJE: jax.Array,
+                      v_BKJE: jax.Array, kv_mask: AttentionMask, q_block: int) -> tuple:
+  """grads = (dq_BKGSE, dk_BKJE, dv_BKJE), float32: adds this kv block's share into the full-length dq (in place)
   and the block's own dk, dv, given the global lse and delta = sum(do * out). Recomputes probabilities block by
   block: memory O(S), never [S, S].
   """
@@ -154,29 +160,29 @@ def backward_kv_block(grads: tuple, q_BKGSE: jax.Array, do_BKGSE: jax.Array, lse
   scale = q_BKGSE.shape[-1]**-0.5
 
   def q_step(i, grads):
-    dq_BKGSE, dk_BKLE, dv_BKLE = grads
+    dq_BKGSE, dk_BKJE, dv_BKJE = grads
 
     def compute(block_grads):
-      dq_BKGQE, dk_BKLE, dv_BKLE = block_grads
+      dq_BKGQE, dk_BKJE, dv_BKJE = block_grads
       q_BKGQE = take(q_BKGSE, i, q_block, axis=3)
       do_BKGQE = take(do_BKGSE, i, q_block, axis=3)
-      s_BKGQL, vis_B11QL = _logits(q_BKGQE, k_BKLE, take_mask(q_mask, i, q_block), kv_mask)
+      s_BKGQJ, vis_B11QJ = _logits(q_BKGQE, k_BKJE, take_mask(q_mask, i, q_block), kv_mask)
       lse_BKGQ = take(lse_BKGS, i, q_block, axis=3)
-      p_BKGQL = jnp.where(vis_B11QL, jnp.exp(s_BKGQL - lse_BKGQ[..., None]), 0.0)
-      dv_BKLE = dv_BKLE + jnp.einsum('bkgql,bkgqe->bkle', p_BKGQL.astype(do_BKGQE.dtype), do_BKGQE,
+      p_BKGQJ = jnp.where(vis_B11QJ, jnp.exp(s_BKGQJ - lse_BKGQ[..., None]), 0.0)
+      dv_BKJE = dv_BKJE + jnp.einsum('bkgqj,bkgqe->bkje', p_BKGQJ.astype(do_BKGQE.dtype), do_BKGQE,
                                      preferred_element_type=jnp.float32)
-      dp_BKGQL = jnp.einsum('bkgqe,bkle->bkgql', do_BKGQE, v_BKLE, preferred_element_type=jnp.float32)
-      ds_BKGQL = p_BKGQL * (dp_BKGQL - take(delta_BKGS, i, q_block, axis=3)[..., None]) * scale
-      dq_BKGQE = dq_BKGQE + jnp.einsum('bkgql,bkle->bkgqe', ds_BKGQL.astype(k_BKLE.dtype), k_BKLE,
+      dp_BKGQJ = jnp.einsum('bkgqe,bkje->bkgqj', do_BKGQE, v_BKJE, preferred_element_type=jnp.float32)
+      ds_BKGQJ = p_BKGQJ * (dp_BKGQJ - take(delta_BKGS, i, q_block, axis=3)[..., None]) * scale
+      dq_BKGQE = dq_BKGQE + jnp.einsum('bkgqj,bkje->bkgqe', ds_BKGQJ.astype(k_BKJE.dtype), k_BKJE,
                                        preferred_element_type=jnp.float32)
-      dk_BKLE = dk_BKLE + jnp.einsum('bkgql,bkgqe->bkle', ds_BKGQL.astype(q_BKGQE.dtype), q_BKGQE,
+      dk_BKJE = dk_BKJE + jnp.einsum('bkgqj,bkgqe->bkje', ds_BKGQJ.astype(q_BKGQE.dtype), q_BKGQE,
                                      preferred_element_type=jnp.float32)
-      return dq_BKGQE, dk_BKLE, dv_BKLE
+      return dq_BKGQE, dk_BKJE, dv_BKJE
 
-    block_grads = (take(dq_BKGSE, i, q_block, axis=3), dk_BKLE, dv_BKLE)
-    dq_BKGQE, dk_BKLE, dv_BKLE = lax.cond(hidden(_pick(q_summary, i), kv_summary), lambda g: g, compute,
+    block_grads = (take(dq_BKGSE, i, q_block, axis=3), dk_BKJE, dv_BKJE)
+    dq_BKGQE, dk_BKJE, dv_BKJE = lax.cond(hidden(_pick(q_summary, i), kv_summary), lambda g: g, compute,
                                           block_grads)
-    return _put(dq_BKGSE, dq_BKGQE, i, q_block, axis=3), dk_BKLE, dv_BKLE
+    return _put(dq_BKGSE, dq_BKGQE, i, q_block, axis=3), dk_BKJE, dv_BKJE
 
   return lax.fori_loop(0, q_BKGSE.shape[3] // q_block, q_step, grads)
 
@@ -190,12 +196,12 @@ def backward_chunk(q_BKGSE: jax.Array, k_BKTE: jax.Array, v_BKTE: jax.Array, q_m
 
   def kv_step(j, grads):
     dq_BKGSE, dk_BKTE, dv_BKTE = grads
-    zeros_BKLE = jnp.zeros((B, K, kv_block, E), jnp.float32)
-    dq_BKGSE, dk_BKLE, dv_BKLE = backward_kv_block(
-        (dq_BKGSE, zeros_BKLE, zeros_BKLE), q_BKGSE, do_BKGSE, lse_BKGS, delta_BKGS, q_mask, q_summary,
+    zeros_BKJE = jnp.zeros((B, K, kv_block, E), jnp.float32)
+    dq_BKGSE, dk_BKJE, dv_BKJE = backward_kv_block(
+        (dq_BKGSE, zeros_BKJE, zeros_BKJE), q_BKGSE, do_BKGSE, lse_BKGS, delta_BKGS, q_mask, q_summary,
         take(k_BKTE, j, kv_block, axis=2), take(v_BKTE, j, kv_block, axis=2), take_mask(kv_mask, j, kv_block),
         q_block)
-    return dq_BKGSE, _put(dk_BKTE, dk_BKLE, j, kv_block, axis=2), _put(dv_BKTE, dv_BKLE, j, kv_block, axis=2)
+    return dq_BKGSE, _put(dk_BKTE, dk_BKJE, j, kv_block, axis=2), _put(dv_BKTE, dv_BKJE, j, kv_block, axis=2)
 
   zeros = (jnp.zeros(q_BKGSE.shape, jnp.float32), jnp.zeros(k_BKTE.shape, jnp.float32),
            jnp.zeros(v_BKTE.shape, jnp.float32))
@@ -243,15 +249,7 @@ def from_internal(out_BKGSE: jax.Array) -> jax.Array:
   return out_BKGSE.transpose(0, 3, 1, 2, 4).reshape(B, S, K * G, E)
 
 
-def check_blocks(length: int, q_block: int, kv_block: int) -> tuple:
-  """Effective block sizes for a chunk of this length; a clear error when they do not divide it."""
-  q_block, kv_block = effective_block(q_block, length), effective_block(kv_block, length)
-  if length % q_block or length % kv_block:
-    raise ValueError(f'q_block={q_block} and kv_block={kv_block} must divide the (per-device) length {length}')
-  return q_block, kv_block
-
-
 def blockwise_attention(q_BSHE: jax.Array, k_BSKE: jax.Array, v_BSKE: jax.Array, mask: AttentionMask,
                         q_block: int, kv_block: int) -> jax.Array:
-  q_block, kv_block = check_blocks(q_BSHE.shape[1], q_block, kv_block)
+  q_block, kv_block = block_sizes(q_BSHE.shape[1], q_block, kv_block)
   return from_internal(_blockwise(*to_internal(q_BSHE, k_BSKE, v_BSKE), mask, q_block, kv_block))

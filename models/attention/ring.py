@@ -1,4 +1,4 @@
-"""Ring attention: sequence-sharded attention with k/v rotating around the 'sequence' mesh axis.
+"""Ring attention: sequence-sharded attention with k/v rotating around the mesh axis the sequence is split over.
 
 Inside jax.shard_map each device keeps its q chunk and passes its k/v chunk (with the chunk's mask arrays) to the
 next device n - 1 times, one kv block at a time: each block is folded into the online softmax (the blockwise
@@ -7,29 +7,24 @@ one visiting chunk plus a block in flight. The custom VJP repeats the ring, the 
 k/v one step behind; one last send returns them to their owner, so memory stays O(S / n) per device. Block pairs
 the mask hides entirely (whole hops, under a causal mask in natural order) are skipped.
 
+Which mesh axes carry the sequence, the batch and the heads comes from the active logical-axis rules
+(`length`, `batch`, `heads`, `kv_heads`), the same rules that lay out every other activation.
+
 Layout: the mask uses positions, so the math is the same for any order of tokens. For causal load balance the
-caller permutes the sequence with zigzag_permutation (device i holds chunks i and 2n - 1 - i of 2n).
+caller puts the sequence in zig-zag order (`to_zigzag`: device i holds chunks i and 2n - 1 - i of 2n).
 """
 
-from __future__ import annotations
-
+import dataclasses
 import functools
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import PartitionSpec as P
 
-from models import blockwise_attention as bw
-
-if TYPE_CHECKING:
-  from models.attention import AttentionMask
-
-AXIS = 'sequence'
-BATCH_AXES = ('data', 'fsdp')
-HEAD_AXIS = 'tensor'
+from models.attention import blockwise as bw
+from models.attention.mask import AttentionMask
+from sharding import rules
 
 
 def zigzag_permutation(seq_len: int, n: int) -> np.ndarray:
@@ -45,9 +40,35 @@ def zigzag_inverse_permutation(seq_len: int, n: int) -> np.ndarray:
   return np.argsort(zigzag_permutation(seq_len, n))
 
 
-def _rotate(tree, n: int):
+def to_zigzag(tree, n: int):
+  """Every [B, S, ...] array of `tree` in zig-zag order for a ring of n devices (the same permutation for all)."""
+  def permute(x: jax.Array) -> jax.Array:
+    return jnp.take(x, jnp.asarray(zigzag_permutation(x.shape[1], n)), axis=1)
+  return jax.tree.map(permute, tree)
+
+
+def block_sizes(local: int, q_block: int, kv_block: int) -> tuple[int, int]:
+  """The (q, kv) block lengths on a device's `local` tokens. A kv block is at least halved to two per chunk: the
+  backward pass sends a block's dk/dv one step late, into the slot the block left."""
+  q_block, kv_block = bw.block_sizes(local, q_block, kv_block)
+  if kv_block == local:
+    if local % 2:
+      raise ValueError(f'ring attention needs an even per-device length; got {local}')
+    kv_block = local // 2
+  return q_block, kv_block
+
+
+@dataclasses.dataclass(frozen=True)
+class Ring:
+  """The mesh axis the sequence is split over, and its size n."""
+  axis: str
+  size: int
+
+
+def _rotate(tree, ring: Ring):
   """Send every array to the next device on the ring."""
-  return jax.tree.map(lambda x: lax.ppermute(x, AXIS, [(i, (i + 1) % n) for i in range(n)]), tree)
+  n = ring.size
+  return jax.tree.map(lambda x: lax.ppermute(x, ring.axis, [(i, (i + 1) % n) for i in range(n)]), tree)
 
 
 def _take_block(chunk: tuple, j: jax.Array, block: int) -> tuple:
@@ -65,7 +86,7 @@ def _put_block(chunk: tuple, arrived: tuple, j: jax.Array, block: int) -> tuple:
   return jax.tree.map(put, chunk, arrived)
 
 
-def _forward(q_BKGSE, k_BKSE, v_BKSE, mask, n, q_block, kv_block) -> tuple:
+def _forward(q_BKGSE, k_BKSE, v_BKSE, mask, ring: Ring, q_block: int, kv_block: int) -> tuple:
   """Returns (out_BKGSE float32, lse_BKGS, visited block pairs) after every device's k/v chunk has visited.
 
   Hop t, block j: send block j of the visiting chunk on (it does not wait for this block's compute), fold it into
@@ -77,33 +98,33 @@ def _forward(q_BKGSE, k_BKSE, v_BKSE, mask, n, q_block, kv_block) -> tuple:
   def hop(carry, send: bool):
     def block(j, carry):
       softmax, visited, chunk = carry
-      k_BKLE, v_BKLE, kv_mask = _take_block(chunk, j, kv_block)
-      arrived = _rotate((k_BKLE, v_BKLE, kv_mask), n) if send else None
-      softmax, visited = bw.forward_kv_block(softmax, visited, q_BKGSE, mask, q_summary, k_BKLE, v_BKLE, kv_mask,
+      k_BKJE, v_BKJE, kv_mask = _take_block(chunk, j, kv_block)
+      arrived = _rotate((k_BKJE, v_BKJE, kv_mask), ring) if send else None
+      softmax, visited = bw.forward_kv_block(softmax, visited, q_BKGSE, mask, q_summary, k_BKJE, v_BKJE, kv_mask,
                                              q_block)
       return softmax, visited, _put_block(chunk, arrived, j, kv_block) if send else chunk
 
     return lax.fori_loop(0, k_BKSE.shape[2] // kv_block, block, carry)
 
   carry = (bw.Softmax.start(q_BKGSE), jnp.int32(0), (k_BKSE, v_BKSE, mask))
-  carry = lax.fori_loop(0, n - 1, lambda _, carry: hop(carry, send=True), carry)
+  carry = lax.fori_loop(0, ring.size - 1, lambda _, carry: hop(carry, send=True), carry)
   softmax, visited, _ = hop(carry, send=False)
   return *softmax.finish(), visited
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _ring(q_BKGSE, k_BKSE, v_BKSE, mask, n, q_block, kv_block):
-  out_BKGSE, _, _ = _forward(q_BKGSE, k_BKSE, v_BKSE, mask, n, q_block, kv_block)
+def _ring(q_BKGSE, k_BKSE, v_BKSE, mask, ring, q_block, kv_block):
+  out_BKGSE, _, _ = _forward(q_BKGSE, k_BKSE, v_BKSE, mask, ring, q_block, kv_block)
   return out_BKGSE.astype(q_BKGSE.dtype)
 
 
-def _ring_fwd(q_BKGSE, k_BKSE, v_BKSE, mask, n, q_block, kv_block):
-  out_BKGSE, lse_BKGS, _ = _forward(q_BKGSE, k_BKSE, v_BKSE, mask, n, q_block, kv_block)
+def _ring_fwd(q_BKGSE, k_BKSE, v_BKSE, mask, ring, q_block, kv_block):
+  out_BKGSE, lse_BKGS, _ = _forward(q_BKGSE, k_BKSE, v_BKSE, mask, ring, q_block, kv_block)
   out_BKGSE = out_BKGSE.astype(q_BKGSE.dtype)
   return out_BKGSE, (q_BKGSE, k_BKSE, v_BKSE, mask, out_BKGSE, lse_BKGS)
 
 
-def _ring_bwd(n, q_block, kv_block, residuals, do_BKGSE):
+def _ring_bwd(ring, q_block, kv_block, residuals, do_BKGSE):
   """The forward's ring again, block by block, with each block's dk/dv travelling behind its k/v.
 
   A block's dk/dv are final for this hop only after its compute, so they are sent one step later, overlapping the
@@ -118,24 +139,24 @@ def _ring_bwd(n, q_block, kv_block, residuals, do_BKGSE):
   def hop(carry, send: bool):
     def block(j, carry):
       dq_BKGSE, chunk, grads, done = carry
-      k_BKLE, v_BKLE, kv_mask = _take_block(chunk, j, kv_block)
-      arrived = _rotate((k_BKLE, v_BKLE, kv_mask), n) if send else None
-      arrived_done = _rotate(done, n)  # the previous block's finished dk/dv
-      dq_BKGSE, dk_BKLE, dv_BKLE = bw.backward_kv_block(
+      k_BKJE, v_BKJE, kv_mask = _take_block(chunk, j, kv_block)
+      arrived = _rotate((k_BKJE, v_BKJE, kv_mask), ring) if send else None
+      arrived_done = _rotate(done, ring)  # the previous block's finished dk/dv
+      dq_BKGSE, dk_BKJE, dv_BKJE = bw.backward_kv_block(
           (dq_BKGSE, *(bw.take(g, j, kv_block, axis=2) for g in grads)), q_BKGSE, do_BKGSE, lse_BKGS, delta_BKGS,
-          mask, q_summary, k_BKLE, v_BKLE, kv_mask, q_block)
+          mask, q_summary, k_BKJE, v_BKJE, kv_mask, q_block)
       grads = _put_block(grads, arrived_done, (j - 1) % blocks, kv_block)
-      return dq_BKGSE, _put_block(chunk, arrived, j, kv_block) if send else chunk, grads, (dk_BKLE, dv_BKLE)
+      return dq_BKGSE, _put_block(chunk, arrived, j, kv_block) if send else chunk, grads, (dk_BKJE, dv_BKJE)
 
     return lax.fori_loop(0, blocks, block, carry)
 
   zeros_BKSE = jnp.zeros(k_BKSE.shape, jnp.float32)
-  zeros_BKLE = jnp.zeros(k_BKSE.shape[:2] + (kv_block,) + k_BKSE.shape[3:], jnp.float32)
+  zeros_BKJE = jnp.zeros(k_BKSE.shape[:2] + (kv_block,) + k_BKSE.shape[3:], jnp.float32)
   carry = (jnp.zeros(q_BKGSE.shape, jnp.float32), (k_BKSE, v_BKSE, mask), (zeros_BKSE, zeros_BKSE),
-           (zeros_BKLE, zeros_BKLE))
-  carry = lax.fori_loop(0, n - 1, lambda _, carry: hop(carry, send=True), carry)
+           (zeros_BKJE, zeros_BKJE))
+  carry = lax.fori_loop(0, ring.size - 1, lambda _, carry: hop(carry, send=True), carry)
   dq_BKGSE, _, grads, done = hop(carry, send=False)
-  dk_BKSE, dv_BKSE = _put_block(grads, _rotate(done, n), blocks - 1, kv_block)
+  dk_BKSE, dv_BKSE = _put_block(grads, _rotate(done, ring), blocks - 1, kv_block)
   return dq_BKGSE.astype(q_BKGSE.dtype), dk_BKSE.astype(k_BKSE.dtype), dv_BKSE.astype(v_BKSE.dtype), None
 
 
@@ -144,32 +165,30 @@ _ring.defvjp(_ring_fwd, _ring_bwd)
 
 def ring_attention(q_BSHE: jax.Array, k_BSKE: jax.Array, v_BSKE: jax.Array, mask: AttentionMask, q_block: int,
                    kv_block: int) -> jax.Array:
-  """Global arrays in, global array out; the mesh comes from jax.set_mesh (batch over data/fsdp, heads over tensor)."""
+  """Global arrays in, global array out, on the mesh set by jax.set_mesh; the axes come from the active rules."""
   mesh = jax.sharding.get_abstract_mesh()
-  n = 0 if mesh.empty else dict(mesh.shape).get(AXIS, 1)
-  if n <= 1:
-    raise ValueError(f"ring attention needs a mesh with a '{AXIS}' axis of size > 1 set by jax.set_mesh(mesh); "
-                     f'got {"no mesh" if mesh.empty else dict(mesh.shape)}. Use blockwise attention instead.')
-  local = q_BSHE.shape[1] // n
-  if q_BSHE.shape[1] % n:
-    raise ValueError(f'sequence length {q_BSHE.shape[1]} must be divisible by the {AXIS} axis size {n}')
-  q_block, kv_block = bw.check_blocks(local, q_block, kv_block)
-  if kv_block == local:  # the backward sends a block's dk/dv one step late, into the slot it left: two at least
-    if local % 2:
-      raise ValueError(f'ring attention needs an even per-device length; got {local} ({q_BSHE.shape[1]} / {n})')
-    kv_block = local // 2
-  batch = tuple(a for a in BATCH_AXES if a in mesh.axis_names) or None
-  heads = HEAD_AXIS if HEAD_AXIS in mesh.axis_names else None
-  x_spec, mask_spec = P(batch, AXIS, heads, None), P(batch, AXIS)
+  length_axes = rules.mesh_axes('length')
+  sizes = {} if mesh.empty else dict(mesh.shape)
+  if len(length_axes) != 1 or sizes.get(length_axes[0], 1) <= 1:
+    raise ValueError(f'ring attention needs the activations\' length (mesh.rules: length={"+".join(length_axes)}) '
+                     f'split over one mesh axis of size > 1 set by jax.set_mesh(mesh), e.g. sequence; got '
+                     f'{sizes or "no mesh"}. Use blockwise attention instead.')
+  ring = Ring(length_axes[0], sizes[length_axes[0]])
+  if q_BSHE.shape[1] % ring.size:
+    raise ValueError(f'sequence length {q_BSHE.shape[1]} must be divisible by the {ring.axis} axis size {ring.size}')
+  q_block, kv_block = block_sizes(q_BSHE.shape[1] // ring.size, q_block, kv_block)
+  q_spec = rules.logical_to_spec(('batch', 'length', 'heads', None))
+  kv_spec = rules.logical_to_spec(('batch', 'length', 'kv_heads', None))
+  mask_spec = rules.logical_to_spec(('batch', 'length'))
 
   def local_attention(q_BSHE, k_BSKE, v_BSKE, mask):
-    out_BKGSE = _ring(*bw.to_internal(q_BSHE, k_BSKE, v_BSKE), mask, n, q_block, kv_block)
+    out_BKGSE = _ring(*bw.to_internal(q_BSHE, k_BSKE, v_BSKE), mask, ring, q_block, kv_block)
     return bw.from_internal(out_BKGSE)
 
-  specs = (x_spec, x_spec, x_spec, mask_spec)
+  specs = (q_spec, kv_spec, kv_spec, mask_spec)
   args = (q_BSHE, k_BSKE, v_BSKE, mask)
   explicit = bool(mesh.explicit_axes)  # explicit-sharding meshes type arrays: move them to the ring layout and back
   if explicit:
     args = jax.sharding.reshard(args, specs)
-  out_BSHE = jax.shard_map(local_attention, mesh=mesh, in_specs=specs, out_specs=x_spec, check_vma=False)(*args)
+  out_BSHE = jax.shard_map(local_attention, mesh=mesh, in_specs=specs, out_specs=q_spec, check_vma=False)(*args)
   return jax.sharding.reshard(out_BSHE, jax.typeof(q_BSHE).sharding.spec) if explicit else out_BSHE

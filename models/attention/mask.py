@@ -1,0 +1,32 @@
+"""The one mask description every attention path takes: per-token arrays, never an [S, S] matrix."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class AttentionMask:
+  """Who sees whom, as per-token arrays, so any path can build just the blocks it needs.
+
+  Query i sees key j iff segment_ids[i] == segment_ids[j] and (positions[j] <= positions[i] or bidirectional[j]).
+  Positions count within a document, so the rule holds under any permutation of the sequence (zig-zag ring layout).
+  """
+  segment_ids: jax.Array  # [B, S] int32; 0 = padding (pads only see pads)
+  positions: jax.Array  # [B, S] int32; position within the document, from 0
+  bidirectional: jax.Array  # [B, S] bool; key visible to every query of its segment
+
+  @classmethod
+  def causal(cls, batch: int, seq_len: int) -> 'AttentionMask':
+    """One document per row, no bidirectional keys: plain causal attention."""
+    shape = (batch, seq_len)
+    return cls(jnp.ones(shape, jnp.int32), jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), shape),
+               jnp.zeros(shape, bool))
+
+  def sees(self, keys: 'AttentionMask') -> jax.Array:
+    """[B, S, T] bool: query i of self sees key j of keys (self and keys may be different chunks)."""
+    same_BST = self.segment_ids[:, :, None] == keys.segment_ids[:, None, :]
+    before_BST = keys.positions[:, None, :] <= self.positions[:, :, None]
+    return same_BST & (before_BST | keys.bidirectional[:, None, :])
