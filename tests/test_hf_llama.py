@@ -4,7 +4,9 @@ Logit parity with transformers' LlamaForCausalLM is in tests/interop/ (it needs 
 """
 
 import dataclasses
+import functools
 import json
+import operator
 import struct
 
 import jax
@@ -14,6 +16,8 @@ import pytest
 
 from models import hf_llama
 from models.transformer import ModelConfig
+from sharding import rules
+from sharding.mesh import AXES
 from train import params as params_lib
 
 CFG = ModelConfig(vocab_size=40, num_layers=2, d_model=16, num_heads=4, num_kv_heads=2, head_dim=6, d_ff=24,
@@ -174,3 +178,23 @@ def test_wrong_shapes_and_extra_tensors_are_errors(tmp_path):
     hf_llama.load_params(tmp_path / 'a', dataclasses.replace(CFG, num_layers=1))
   with pytest.raises(ValueError, match='lacks tensors: lm_head.weight'):
     hf_llama.load_params(tmp_path / 'a', dataclasses.replace(CFG, tie_embeddings=False))
+
+
+@pytest.mark.parametrize('scan', [False, True])
+def test_import_places_each_leaf_on_its_sharding(scan, tmp_path):
+  """What init_from_hf does: each leaf goes from the mapped file straight onto the mesh (data x fsdp x tensor),
+  each process building only its own devices' shards."""
+  cfg = dataclasses.replace(CFG, tie_embeddings=False, scan_layers=scan)
+  params = _params(cfg)
+  hf_llama.save_weights(tmp_path, params, cfg)
+  mesh = jax.make_mesh((2, 2, 2, 1), AXES, axis_types=(jax.sharding.AxisType.Auto,) * 4)
+  shardings = rules.tree_shardings(mesh, params_lib.logical_axes(cfg))
+
+  def place(path, x):
+    sharding = functools.reduce(operator.getitem, path, shardings)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  loaded = hf_llama.load_params(tmp_path, cfg, place=place)
+  for got, want, sharding in zip(jax.tree.leaves(loaded), jax.tree.leaves(params), jax.tree.leaves(shardings)):
+    assert got.sharding == sharding
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

@@ -5,6 +5,7 @@ absolute logit difference; float32 must agree within 1e-5.
 """
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -171,3 +172,18 @@ def test_round_trip_through_transformers_is_bitwise(tmp_path):
   _, back = _import(tmp_path / 'theirs')
   for x, y in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
     np.testing.assert_array_equal(x, np.asarray(y))
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_safetensors_library_reads_our_files(dtype, tmp_path):
+  """The reference reader sees exactly the tensors to_hf gives (rounded once for bfloat16), sharded or not."""
+  safetensors = pytest.importorskip('safetensors')
+  cfg = dataclasses.replace(CFG, tie_embeddings=False)
+  params = _random_params(cfg)
+  hf_llama.save_weights(tmp_path, params, cfg, dtype=dtype, max_shard_bytes=60_000)
+  index = json.loads((tmp_path / hf_llama.WEIGHTS_INDEX_FILE).read_text())['weight_map']
+  for name, want in hf_llama.to_hf(params, cfg):
+    with safetensors.safe_open(tmp_path / index[name], framework='np') as f:
+      got = f.get_tensor(name)
+    assert str(got.dtype) == dtype
+    np.testing.assert_array_equal(got, want.astype(got.dtype))
