@@ -51,10 +51,8 @@ def _added(token_id: int, content: str) -> dict:
           'normalized': False, 'special': True}
 
 
-def _bos_template(bos: str | None, bos_id: int | None) -> dict | None:
+def _bos_template(bos: str, bos_id: int) -> dict:
   """Post-processor adding bos in front (the template transformers' Llama tokenizers use)."""
-  if bos is None:
-    return None
   return {'type': 'TemplateProcessing',
           'single': [{'SpecialToken': {'id': bos, 'type_id': 0}}, {'Sequence': {'id': 'A', 'type_id': 0}}],
           'pair': [{'SpecialToken': {'id': bos, 'type_id': 0}}, {'Sequence': {'id': 'A', 'type_id': 0}},
@@ -131,9 +129,9 @@ def sentencepiece_json(model_proto: bytes) -> dict:
   decoder = {'type': 'Sequence', 'decoders': [
       {'type': 'Replace', 'pattern': {'String': _SPACE}, 'content': ' '}, {'type': 'ByteFallback'}, {'type': 'Fuse'}]
       + ([{'type': 'Strip', 'content': ' ', 'start': 1, 'stop': 0}] if norm.add_dummy_prefix else [])}
-  bos = pieces[spec.bos_id].piece if spec.bos_id >= 0 else None
+  post_processor = _bos_template(pieces[spec.bos_id].piece, spec.bos_id) if spec.bos_id >= 0 else None
   return _tokenizer_json(model, added, {'type': 'Sequence', 'normalizers': normalizers}, pre_tokenizer, decoder,
-                         _bos_template(bos, spec.bos_id if bos else None))
+                         post_processor)
 
 
 def byte_json() -> dict:

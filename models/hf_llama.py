@@ -30,7 +30,7 @@ import numpy as np
 from models.transformer import ModelConfig
 
 Params = dict
-Path = tuple  # keys from the params root to a leaf, e.g. ('blocks', 0, 'attn', 'wq_DHE')
+LeafPath = tuple  # keys from the params root to a leaf, e.g. ('blocks', 0, 'attn', 'wq_DHE')
 
 CONFIG_FILE = 'config.json'
 GENERATION_CONFIG_FILE = 'generation_config.json'
@@ -60,7 +60,7 @@ class Tensor:
   """
 
   name: str
-  path: Path  # the ringlm leaf, without the layer index of a scanned layout
+  path: LeafPath  # the ringlm leaf, without the layer index of a scanned layout
   layer: int | None  # index into a scanned leaf's leading axis; None when the leaf is this tensor alone
   shape: tuple[int, ...]  # ringlm shape of this tensor (one layer)
   split: int
@@ -105,7 +105,7 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
   return {t.name: t.hf_shape for t in tensors(cfg)}
 
 
-def _get(tree: Params, path: Path) -> Any:
+def _get(tree: Params, path: LeafPath) -> Any:
   for key in path:
     tree = tree[key]
   return tree
@@ -119,13 +119,13 @@ def to_hf(params: Params, cfg: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
 
 
 def from_hf(read: Callable[[str], np.ndarray], cfg: ModelConfig,
-            place: Callable[[Path, np.ndarray], Any] | None = None) -> Params:
+            place: Callable[[LeafPath, np.ndarray], Any] | None = None) -> Params:
   """The params tree (float32) built from `read(hf_name)`, one leaf at a time.
 
   `place(path, array)` is called on each finished leaf and its result stored (e.g. device_put onto that leaf's
   sharding), so only one leaf is ever on the host beside what `read` maps. A scanned leaf stacks its L layers.
   """
-  leaves: dict[Path, list[Tensor]] = {}
+  leaves: dict[LeafPath, list[Tensor]] = {}
   for t in tensors(cfg):
     leaves.setdefault(t.path, []).append(t)
   params: Params = {}
@@ -379,7 +379,7 @@ _IGNORED_SUFFIXES = ('.rotary_emb.inv_freq',)
 
 
 def load_params(directory: str | os.PathLike, cfg: ModelConfig,
-                place: Callable[[Path, np.ndarray], Any] | None = None) -> Params:
+                place: Callable[[LeafPath, np.ndarray], Any] | None = None) -> Params:
   """ringlm params (float32) from an HF directory's safetensors, one leaf at a time through `place` (see from_hf).
 
   A tied model ignores a stored lm_head.weight; a tensor the model has no place for is an error, since it means
