@@ -1,7 +1,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.requirements-installed
 
-.PHONY: setup train test
+.PHONY: setup train test test-interop
 
 setup: $(STAMP)
 
@@ -17,3 +17,16 @@ train: setup
 
 test: setup
 	$(PY) -m pytest -q tests
+
+INTEROP_PY := .venv-interop/bin/python
+INTEROP_STAMP := .venv-interop/.requirements-installed
+
+$(INTEROP_STAMP): requirements-interop.txt requirements.txt
+	test -x $(INTEROP_PY) || python3 -m venv .venv-interop
+	$(INTEROP_PY) -m pip install -q --upgrade pip
+	$(INTEROP_PY) -m pip install -q -r requirements-interop.txt
+	touch $(INTEROP_STAMP)
+
+# Hugging Face parity in its own env (torch + transformers, no tensorflow); prints each max logit difference.
+test-interop: $(INTEROP_STAMP)
+	$(INTEROP_PY) -m pytest -q -s tests/interop tests/test_hf_llama.py tests/test_hf_tokenizer.py
