@@ -1,8 +1,9 @@
 """tfds builders for the local corpora: the installed Python standard library, and any folder of text files.
 
 Both read local files only (nothing is downloaded), put one document per file with features `text` and `path`
-(relative to the corpus root), and split train/validation by a hash of that path, so the split depends on neither
-file order nor machine. Built once into a data dir, they are then read like any tfds dataset.
+(relative to the corpus root), and split train/validation with data.split: near-duplicate files are grouped, then
+whole groups are split by a hash, so the split depends on neither file order nor machine and no copy of a validation
+file sits in train. Built once into a data dir, they are then read like any tfds dataset.
 """
 
 import abc
@@ -15,16 +16,11 @@ import sys
 import sysconfig
 from collections.abc import Iterator
 
+from data import split
 from data.quiet_tf import tfds
 
 # Folders of the stdlib that hold tests, test data or installed third-party packages rather than library source.
 _STDLIB_SKIP_DIRS = frozenset({'test', 'tests', 'idle_test', 'site-packages', 'dist-packages', '__pycache__'})
-
-
-def is_validation(relative_path: str, validation_percent: int) -> bool:
-  """The split rule: a stable hash of the path lands in [0, 100); below validation_percent = held out."""
-  digest = hashlib.sha256(relative_path.encode('utf-8')).digest()
-  return int.from_bytes(digest[:8], 'little') % 100 < validation_percent
 
 
 def stdlib_root() -> pathlib.Path:
@@ -44,16 +40,17 @@ def text_dir_files(text_dir: pathlib.Path, text_glob: str) -> list[pathlib.Path]
   return sorted(p for p in text_dir.glob(text_glob) if p.is_file())
 
 
-def _examples(root: pathlib.Path, files: list[pathlib.Path], validation_percent: int,
-              split: str) -> Iterator[tuple[str, dict[str, str]]]:
-  """Yields (key, example) for the files of `split`; undecodable bytes become U+FFFD, blank files are skipped."""
+def split_documents(root: pathlib.Path, files: list[pathlib.Path],
+                    validation_percent: int) -> dict[str, list[tuple[str, str]]]:
+  """{'train': [(path, text), ...], 'validation': [...]}: every file read once (undecodable bytes become U+FFFD,
+  blank files are skipped), split by data.split.assign_splits over all of them, each split in path order."""
+  docs = []
   for file in files:
-    relative = file.relative_to(root).as_posix()
-    if ('validation' if is_validation(relative, validation_percent) else 'train') != split:
-      continue
     text = file.read_text(encoding='utf-8', errors='replace')
     if text.strip():
-      yield relative, {'text': text, 'path': relative}
+      docs.append((file.relative_to(root).as_posix(), text))
+  sides = split.assign_splits(docs, validation_percent)
+  return {s: sorted(d for d in docs if sides[d[0]] == s) for s in ('train', 'validation')}
 
 
 class _LocalFilesBuilder(tfds.core.GeneratorBasedBuilder):
@@ -76,10 +73,12 @@ class _LocalFilesBuilder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
-    return {s: self._generate_examples(s) for s in ('train', 'validation')}
+    docs = split_documents(self._root(), self._files(), self.builder_config.validation_percent)
+    return {s: self._generate_examples(d) for s, d in docs.items()}
 
-  def _generate_examples(self, split: str):
-    return _examples(self._root(), self._files(), self.builder_config.validation_percent, split)
+  def _generate_examples(self, docs: list[tuple[str, str]]) -> Iterator[tuple[str, dict[str, str]]]:
+    for path, text in docs:
+      yield path, {'text': text, 'path': path}
 
 
 @dataclasses.dataclass(eq=False)
@@ -93,8 +92,9 @@ class RinglmStdlib(_LocalFilesBuilder):
   The config name carries the Python version (the stdlib differs between them) and the validation percent.
   """
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'One document per .py file; tests and site-packages left out.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'One document per .py file; tests and site-packages left out.',
+                   '1.1.0': 'Split by groups of near-duplicate files (data.split), not by each path alone.'}
 
   @classmethod
   def for_percent(cls, validation_percent: int, data_dir: str) -> 'RinglmStdlib':
@@ -122,8 +122,9 @@ class RinglmTextDir(_LocalFilesBuilder):
   and mtimes, so two folders (or one folder edited) never share built data.
   """
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'One document per file matching the glob.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'One document per file matching the glob.',
+                   '1.1.0': 'Split by groups of near-duplicate files (data.split), not by each path alone.'}
 
   @classmethod
   def for_folder(cls, text_dir: pathlib.Path, text_glob: str, validation_percent: int,

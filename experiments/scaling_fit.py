@@ -1,25 +1,32 @@
 """Scaling-law fits of a sweep's final losses: Chinchilla's Approach 3 (parametric) and Approach 2 (isoFLOP parabolas).
 
 Pure numpy/scipy so a fit runs anywhere, long after the sweep. Input is a CSV of runs (`load_points`); output is
-`fit.json` and PNG plots (`write_fit`). Compute is C = 6 N D unless a FLOPs-per-token function says otherwise.
+`fit.json` and PNG plots (`write_fit`).
+
+Compute units. Both approaches turn a compute budget C into an allocation (N_opt, D_opt) with one FLOPs-per-token
+function of N: the sweep's own count when the CSV has C (`flops_per_token_of` reads C / D off the runs, attention
+included), else 6N, i.e. C = 6ND. fit.json shows beside each allocation what 6ND makes of it.
 
 Approach 3 fits L(N, D) = E + A / N^alpha + B / D^beta, the lecture's form, as Hoffmann et al. (2022) do: with
 A = exp(a), B = exp(b), E = exp(e), log L = LSE(a - alpha log N, b - beta log D, e), minimising the Huber loss
 (delta 1e-3) of the log-loss residuals with L-BFGS from a grid of starts and keeping the best. Minimising L at fixed
 C = 6 N D gives N_opt = G (C/6)^a, D_opt = (C/6)^b / G with a = beta / (alpha + beta), b = alpha / (alpha + beta),
-G = (alpha A / (beta B))^(1 / (alpha + beta)). Uncertainty comes from the bootstrap: resample runs, refit, percentiles.
+G = (alpha A / (beta B))^(1 / (alpha + beta)); under another FLOP count, N_opt minimises L(N, C / flops_per_token(N))
+numerically. Uncertainty comes from the bootstrap: resample runs, refit, percentiles.
 """
 
+import contextlib
 import csv
+import ctypes
 import dataclasses
 import itertools
 import json
 import math
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
-from scipy import optimize, special
+from scipy import optimize
 
 from configs.errors import ConfigError
 
@@ -102,6 +109,19 @@ def load_points(path: str | pathlib.Path) -> Points:
   return points
 
 
+def flops_per_token_of(points: Points) -> FlopsPerToken:
+  """FLOPs per token as a function of N, read off the runs (C / D) when the CSV has C, else 6N.
+
+  Between sampled sizes the ratio to 6N is interpolated in log N; beyond them it stays at the nearest run's (so
+  extrapolated allocations keep the attention share of the largest or smallest model swept).
+  """
+  if points.C is None:
+    return six_n
+  logN, index = np.unique(np.log(points.N), return_index=True)
+  ratio = (points.C / (6 * points.N * points.D))[index]
+  return lambda n: 6 * np.asarray(n, float) * np.interp(np.log(n), logN, ratio)
+
+
 def _interval(samples: np.ndarray, ci: float) -> list[float] | None:
   """Percentile bootstrap interval; None without samples."""
   if len(samples) == 0:
@@ -110,21 +130,74 @@ def _interval(samples: np.ndarray, ci: float) -> list[float] | None:
   return [float(lo), float(hi)]
 
 
+# OpenBLAS's (get, set) thread-count symbols: scipy-openblas builds (numpy's 64-bit, scipy's 32-bit), then plain.
+_OPENBLAS_THREAD_SYMBOLS = (('scipy_openblas_get_num_threads64_', 'scipy_openblas_set_num_threads64_'),
+                            ('scipy_openblas_get_num_threads', 'scipy_openblas_set_num_threads'),
+                            ('openblas_get_num_threads', 'openblas_set_num_threads'))
+
+
+def _loaded_openblas() -> list[tuple[Callable[[], int], Callable[[int], None]]]:
+  """(get, set) thread counts of every OpenBLAS this process has loaded (numpy and scipy each bundle one).
+
+  Found through /proc/self/maps, so Linux only; elsewhere nothing is found and nothing changes.
+  """
+  try:
+    maps = pathlib.Path('/proc/self/maps').read_text()
+  except OSError:
+    return []
+  paths = sorted({line.split(maxsplit=5)[5] for line in maps.splitlines()
+                  if 'openblas' in line.rsplit('/', 1)[-1].lower()})
+  controls = []
+  for path in paths:
+    library = ctypes.CDLL(path)
+    for get, set_ in _OPENBLAS_THREAD_SYMBOLS:
+      if hasattr(library, get) and hasattr(library, set_):
+        controls.append((getattr(library, get), getattr(library, set_)))
+        break
+  return controls
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+  """Runs the block with OpenBLAS on one thread, then restores its thread counts.
+
+  A fit makes ~10^4 tiny BLAS/LAPACK calls (L-BFGS-B's 2m x 2m Cholesky, polyfit's lstsq). With OpenBLAS's
+  default of a thread per core, each call wakes and syncs helper threads that spin on the cores: 20 s idle but
+  305 s beside 4 busy processes on 2 cores. On one thread the same fit is faster idle and slows only as the load.
+  """
+  controls = _loaded_openblas()
+  before = [get() for get, _ in controls]
+  for _, set_ in controls:
+    set_(1)
+  try:
+    yield
+  finally:
+    for (_, set_), threads in zip(controls, before):
+      set_(threads)
+
+
 # ---------------------------------------------------------------------------------------------------- Approach 3
 
 
 def _objective(theta_GP: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarray,
                delta: float) -> tuple[np.ndarray, np.ndarray]:
-  """Huber objective and its gradient for G parameter vectors (a, b, e, alpha, beta) at once."""
+  """Huber objective and its gradient for G parameter vectors (a, b, e, alpha, beta) at once.
+
+  The three-term log-sum-exp is written out rather than calling scipy.special.logsumexp, whose input checks cost
+  more than the arithmetic at these sizes (L-BFGS calls this ~10^4 times per fit).
+  """
   a, b, e, alpha, beta = (theta_GP[:, i:i + 1] for i in range(NUM_PARAMS))
-  z_3GM = np.stack(np.broadcast_arrays(a - alpha * logN, b - beta * logD, e))
-  lse_GM = special.logsumexp(z_3GM, axis=0)
-  w_3GM = np.exp(z_3GM - lse_GM)  # d lse / d z
-  r_GM = lse_GM - logL
-  huber_GM = np.where(np.abs(r_GM) <= delta, 0.5 * r_GM ** 2, delta * (np.abs(r_GM) - 0.5 * delta))
-  dr_GM = np.clip(r_GM, -delta, delta)
-  grad_GP = np.stack([(dr_GM * w_3GM[0]).sum(1), (dr_GM * w_3GM[1]).sum(1), (dr_GM * w_3GM[2]).sum(1),
-                      -(dr_GM * w_3GM[0] * logN).sum(1), -(dr_GM * w_3GM[1] * logD).sum(1)], axis=1)
+  zn_GM, zd_GM = a - alpha * logN, b - beta * logD
+  max_GM = np.maximum(np.maximum(zn_GM, zd_GM), e)
+  expn_GM, expd_GM, expe_GM = np.exp(zn_GM - max_GM), np.exp(zd_GM - max_GM), np.exp(e - max_GM)
+  sum_GM = expn_GM + expd_GM + expe_GM
+  r_GM = max_GM + np.log(sum_GM) - logL
+  abs_GM = np.abs(r_GM)
+  huber_GM = np.where(abs_GM <= delta, 0.5 * r_GM ** 2, delta * (abs_GM - 0.5 * delta))
+  dr_GM = np.clip(r_GM, -delta, delta) / sum_GM  # d huber / d r over the sum: times a term's exp, d / d z
+  gn_GM, gd_GM = dr_GM * expn_GM, dr_GM * expd_GM
+  grad_GP = np.stack([gn_GM.sum(1), gd_GM.sum(1), (dr_GM * expe_GM).sum(1), -(gn_GM * logN).sum(1),
+                      -(gd_GM * logD).sum(1)], axis=1)
   return huber_GM.sum(1), grad_GP
 
 
@@ -156,9 +229,19 @@ def _fit_once(logN: np.ndarray, logD: np.ndarray, logL: np.ndarray, delta: float
   return best_theta, best_value
 
 
+# Approach 3's N_opt under a general FLOP count: a grid over ln N around the 6ND optimum, then golden sections.
+_SEARCH_HALF_WIDTH = 12.0  # ln N either side: a factor of 1.6e5
+_SEARCH_GRID = 481
+_GOLDEN_STEPS = 60  # shrinks the bracket (two grid steps) by 0.618^60, to ~1e-14 in ln N
+
+
 @dataclasses.dataclass(frozen=True)
 class ChinchillaFit:
-  """Approach 3 result; `samples` holds each bootstrap refit's (E, A, B, alpha, beta), one per row."""
+  """Approach 3 result; `samples` holds each bootstrap refit's (E, A, B, alpha, beta), one per row.
+
+  `diverged` counts the bootstrap refits dropped for running off (not in `samples`). `flops_per_token` sets the
+  compute units of n_opt(C) and d_opt(C); a, b and G are the law's 6ND closed form whatever it is.
+  """
 
   E: float
   A: float
@@ -169,6 +252,8 @@ class ChinchillaFit:
   samples: np.ndarray
   ci: float
   points: Points
+  diverged: int = 0
+  flops_per_token: FlopsPerToken = six_n
 
   @property
   def a(self) -> float:
@@ -185,12 +270,45 @@ class ChinchillaFit:
   def loss(self, N: np.ndarray, D: np.ndarray) -> np.ndarray:
     return self.E + self.A / np.asarray(N, float) ** self.alpha + self.B / np.asarray(D, float) ** self.beta
 
+  def loss_at_compute(self, N: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """L(N, D) along an isoFLOP curve: D = C / flops_per_token(N), the tokens compute C buys a model of size N."""
+    return self.loss(N, np.asarray(C, float) / self.flops_per_token(N))
+
   def n_opt(self, C: np.ndarray) -> np.ndarray:
-    """Loss-minimising parameters at compute C = 6ND."""
-    return self.G * (np.asarray(C, float) / 6) ** self.a
+    """Loss-minimising parameters at compute C: the closed form under 6N, else found numerically."""
+    C = np.asarray(C, float)
+    closed = self.G * (C / 6) ** self.a
+    return closed if self.flops_per_token is six_n else self._isoflop_minimum(C, closed)
 
   def d_opt(self, C: np.ndarray) -> np.ndarray:
-    return (np.asarray(C, float) / 6) ** self.b / self.G
+    C = np.asarray(C, float)
+    return C / self.flops_per_token(self.n_opt(C))
+
+  def _isoflop_minimum(self, C: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """argmin over N of L(N, C / flops_per_token(N)) for each C: the best of a grid in ln N about `start`, refined
+    by golden sections. E is left out of the values compared, so rounding sees only the terms that vary."""
+    logC_K, center_K = np.log(C).reshape(-1), np.log(start).reshape(-1)
+
+    def excess(logN):
+      N = np.exp(logN)
+      return self.A / N ** self.alpha + self.B * (self.flops_per_token(N) / np.exp(logC_K)[..., None]) ** self.beta
+
+    offsets = np.linspace(-_SEARCH_HALF_WIDTH, _SEARCH_HALF_WIDTH, _SEARCH_GRID)
+    grid_KX = center_K[:, None] + offsets
+    best_K = np.argmin(excess(grid_KX), axis=1)
+    if np.any((best_K == 0) | (best_K == _SEARCH_GRID - 1)):
+      raise ValueError(f'no minimum of the loss within a factor e^{_SEARCH_HALF_WIDTH:g} of the 6ND optimum; '
+                       'flops_per_token must grow with N')
+    step = offsets[1] - offsets[0]
+    lo_K = grid_KX[np.arange(len(best_K)), best_K] - step
+    hi_K = lo_K + 2 * step
+    ratio = (math.sqrt(5) - 1) / 2
+    for _ in range(_GOLDEN_STEPS):
+      x1_K, x2_K = hi_K - ratio * (hi_K - lo_K), lo_K + ratio * (hi_K - lo_K)
+      values = excess(np.stack([x1_K, x2_K], axis=1))
+      left_K = values[:, 0] <= values[:, 1]
+      hi_K, lo_K = np.where(left_K, x2_K, hi_K), np.where(left_K, lo_K, x1_K)
+    return np.exp((lo_K + hi_K) / 2).reshape(np.shape(C))
 
   def _replicas(self) -> list['ChinchillaFit']:
     return [dataclasses.replace(self, E=E, A=A, B=B, alpha=alpha, beta=beta, samples=self.samples[:0])
@@ -207,29 +325,32 @@ class ChinchillaFit:
 
 def fit_chinchilla(N: Sequence[float], D: Sequence[float], L: Sequence[float], *, delta: float = 1e-3,
                    grid: Sequence[Sequence[float]] = PAPER_GRID, starts: int | None = 8, bootstrap: int = 100,
-                   ci: float = 0.95, seed: int = 0) -> ChinchillaFit:
+                   ci: float = 0.95, seed: int = 0, flops_per_token: FlopsPerToken = six_n) -> ChinchillaFit:
   """Chinchilla Approach 3 on runs (N params, D tokens, final loss L).
 
   `grid` lists the start values of (a, b, e, alpha, beta); the objective is evaluated on their product and L-BFGS
   refines the `starts` best (None: every grid point, as in the paper; the best few reach the same optimum much
   faster). Each of `bootstrap` refits resamples the runs with replacement, warm-started at the full-data optimum too;
-  refits that diverge (non-finite, or a log-coefficient past exp's range) are dropped, and `samples` keeps the rest.
+  refits that diverge (non-finite, or a log-coefficient past exp's range) are dropped and counted in `diverged`,
+  and `samples` keeps the rest. `flops_per_token` only sets the units of the fit's n_opt(C) and d_opt(C).
   """
   N, D, L = (np.asarray(x, dtype=float) for x in (N, D, L))
   _check(N, D, L, f'{len(N)} runs')
   grid_GP = np.array(list(itertools.product(*grid)), dtype=float)
   logN, logD, logL = np.log(N), np.log(D), np.log(L)
-  theta, value = _fit_once(logN, logD, logL, delta, grid_GP, starts)
   rng = np.random.default_rng(seed)
   samples = []
-  for _ in range(bootstrap):
-    i = rng.integers(0, len(N), len(N))
-    t, _ = _fit_once(logN[i], logD[i], logL[i], delta, grid_GP, starts, extra_start=theta)
-    if np.all(np.isfinite(t)) and np.all(np.abs(t[:3]) < 700):  # a resample can run off to exp() overflow: drop it
-      samples.append(_natural(t))
+  with one_blas_thread():
+    theta, value = _fit_once(logN, logD, logL, delta, grid_GP, starts)
+    for _ in range(bootstrap):
+      i = rng.integers(0, len(N), len(N))
+      t, _ = _fit_once(logN[i], logD[i], logL[i], delta, grid_GP, starts, extra_start=theta)
+      if t is not None and np.all(np.isfinite(t)) and np.all(np.abs(t[:3]) < 700):  # else exp() would overflow
+        samples.append(_natural(t))
   E, A, B, alpha, beta = _natural(theta)
   return ChinchillaFit(E=E, A=A, B=B, alpha=alpha, beta=beta, objective=value,
-                       samples=np.array(samples).reshape(-1, NUM_PARAMS), ci=ci, points=Points(N=N, D=D, loss=L))
+                       samples=np.array(samples).reshape(-1, NUM_PARAMS), ci=ci, points=Points(N=N, D=D, loss=L),
+                       diverged=bootstrap - len(samples), flops_per_token=flops_per_token)
 
 
 def _natural(theta: np.ndarray) -> tuple[float, ...]:
@@ -257,7 +378,8 @@ class Budget:
 class IsoflopFit:
   """Approach 2 result: N_opt = n_coef C^a and D_opt = d_coef C^b over the fitted budgets.
 
-  `samples` holds each bootstrap refit's (a, ln n_coef, b, ln d_coef), one per row.
+  `samples` holds each bootstrap refit's (a, ln n_coef, b, ln d_coef), one per row; `dropped` counts the resamples
+  left without 2 usable budgets (not in `samples`). `flops_per_token` turned each budget's N_opt into its D_opt.
   """
 
   budgets: tuple[Budget, ...]
@@ -269,6 +391,8 @@ class IsoflopFit:
   samples: np.ndarray
   ci: float
   points: Points
+  dropped: int = 0
+  flops_per_token: FlopsPerToken = six_n
 
   def n_opt(self, C: np.ndarray) -> np.ndarray:
     return self.n_coef * np.asarray(C, float) ** self.a
@@ -333,35 +457,41 @@ def fit_isoflop_parabolas(points: Points, *, flops_per_token: FlopsPerToken = si
   """
   C = points.compute(flops_per_token)
   groups = [(float(np.exp(np.log(C[i]).mean())), i) for i in _group_budgets(C, rel_tol)]
-  fitted = [_fit_budget(c, i, points, flops_per_token) for c, i in groups]
-  budgets = tuple(u for u in fitted if u is not None)
-  if len(budgets) < 2:
-    raise ConfigError(KEY, f'{len(groups)} budgets, {len(budgets)} usable',
-                      'need >= 2 compute budgets, each with >= 3 model sizes bracketing its loss minimum')
   rng = np.random.default_rng(seed)
   samples = []
-  for _ in range(bootstrap):
-    refit = [_fit_budget(c, rng.choice(i, len(i)), points, flops_per_token) for c, i in groups]
-    refit = [u for u in refit if u is not None]
-    if len(refit) >= 2:
-      samples.append(_power_laws(refit))
-  a, log_n, b, log_d = _power_laws(budgets)
+  with one_blas_thread():
+    fitted = [_fit_budget(c, i, points, flops_per_token) for c, i in groups]
+    budgets = tuple(u for u in fitted if u is not None)
+    if len(budgets) < 2:
+      raise ConfigError(KEY, f'{len(groups)} budgets, {len(budgets)} usable',
+                        'need >= 2 compute budgets, each with >= 3 model sizes bracketing its loss minimum')
+    for _ in range(bootstrap):
+      refit = [_fit_budget(c, rng.choice(i, len(i)), points, flops_per_token) for c, i in groups]
+      refit = [u for u in refit if u is not None]
+      if len(refit) >= 2:
+        samples.append(_power_laws(refit))
+    a, log_n, b, log_d = _power_laws(budgets)
   return IsoflopFit(budgets=budgets, skipped=tuple(c for (c, _), u in zip(groups, fitted) if u is None),
                     a=float(a), n_coef=math.exp(log_n), b=float(b), d_coef=math.exp(log_d),
-                    samples=np.array(samples).reshape(-1, 4), ci=ci, points=points)
+                    samples=np.array(samples).reshape(-1, 4), ci=ci, points=points,
+                    dropped=bootstrap - len(samples), flops_per_token=flops_per_token)
 
 
 # ---------------------------------------------------------------------------------------------------- Output
 
 
 def _predictions(fit: ChinchillaFit | IsoflopFit, predict_flops: Sequence[float]) -> list[dict]:
+  """Allocations at each budget, in the fit's compute units, with what 6ND makes of them beside."""
   rows = []
   for C in predict_flops:
     n, d = float(fit.n_opt(C)), float(fit.d_opt(C))
     row = dict(C=float(C), N_opt=n, N_opt_ci=fit.prediction_interval('n_opt', C), D_opt=d,
-               D_opt_ci=fit.prediction_interval('d_opt', C))
+               D_opt_ci=fit.prediction_interval('d_opt', C), C_6ND=6 * n * d,
+               flops_per_token_over_6N=float(fit.flops_per_token(np.array(n)) / (6 * n)))
     if isinstance(fit, ChinchillaFit):
       row['loss'] = float(fit.loss(n, d))
+      six = dataclasses.replace(fit, flops_per_token=six_n)
+      row.update(N_opt_6ND=float(six.n_opt(C)), D_opt_6ND=float(six.d_opt(C)))
     rows.append(row)
   return rows
 
@@ -370,21 +500,31 @@ def write_fit(fit: ChinchillaFit, out_dir: str | pathlib.Path, predict_flops: Se
               isoflop: IsoflopFit | None = None) -> dict:
   """Writes fit.json and isoflop.png, allocation.png, frontier.png under out_dir; returns what fit.json holds.
 
-  fit.json: E, A, B, alpha, beta, a, b, G, each with `<name>_ci` ([lo, hi] or null without bootstrap), and
-  `predictions` of N_opt, D_opt (with intervals) and loss for each budget in predict_flops; `isoflop` holds the
-  Approach 2 exponents, its budgets' minima and its own predictions, or null.
+  With Approach 2 given, Approach 3 reports in its compute units too (the fitted law does not depend on them, only
+  the allocation at a given C does), so both approaches' N_opt(C) and D_opt(C) answer the same question.
+
+  fit.json: E, A, B, alpha, beta, a, b, G, each with `<name>_ci` ([lo, hi] or null without bootstrap);
+  `bootstrap` refits kept and `bootstrap_diverged` dropped; `predictions` for each budget in predict_flops: N_opt,
+  D_opt (with intervals), loss, C_6ND = 6 N_opt D_opt, flops_per_token_over_6N at N_opt, and N_opt_6ND, D_opt_6ND
+  (the allocation were C = 6ND, the paper's closed form). `isoflop` holds the Approach 2 exponents, its budgets'
+  minima, its resamples kept and dropped, and its own predictions, or null.
   """
+  if isoflop is not None:
+    fit = dataclasses.replace(fit, flops_per_token=isoflop.flops_per_token)
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  result = dict(num_runs=len(fit.points.N), bootstrap=len(fit.samples), ci_level=fit.ci, objective=fit.objective)
+  result = dict(num_runs=len(fit.points.N), bootstrap=len(fit.samples), bootstrap_diverged=fit.diverged,
+                ci_level=fit.ci, objective=fit.objective)
   for name in ('E', 'A', 'B', 'alpha', 'beta', 'a', 'b', 'G'):
     result[name] = float(getattr(fit, name))
     result[f'{name}_ci'] = fit.interval(name)
   result['predictions'] = _predictions(fit, predict_flops)
   result['isoflop'] = None if isoflop is None else dict(
       a=isoflop.a, a_ci=isoflop.interval('a'), b=isoflop.b, b_ci=isoflop.interval('b'), n_coef=isoflop.n_coef,
-      d_coef=isoflop.d_coef, bootstrap=len(isoflop.samples), skipped_budgets=list(isoflop.skipped),
-      budgets=[dict(C=u.C, N_opt=u.n_opt, D_opt=u.d_opt, loss=u.loss_opt, runs=len(u.index)) for u in isoflop.budgets],
+      d_coef=isoflop.d_coef, bootstrap=len(isoflop.samples), bootstrap_dropped=isoflop.dropped,
+      skipped_budgets=list(isoflop.skipped),
+      budgets=[dict(C=u.C, N_opt=u.n_opt, D_opt=u.d_opt, C_6ND=6 * u.n_opt * u.d_opt, loss=u.loss_opt,
+                    runs=len(u.index)) for u in isoflop.budgets],
       predictions=_predictions(isoflop, predict_flops))
   (out / 'fit.json').write_text(json.dumps(result, indent=2) + '\n')
   _plot(fit, isoflop, predict_flops, out)
@@ -397,7 +537,7 @@ def _plot(fit: ChinchillaFit, isoflop: IsoflopFit | None, predict_flops: Sequenc
   from matplotlib.figure import Figure
 
   pts = fit.points if isoflop is None else isoflop.points
-  C_runs = pts.compute()
+  C_runs = pts.compute(fit.flops_per_token)
   budgets = np.array([u.C for u in isoflop.budgets]) if isoflop else np.geomspace(C_runs.min(), C_runs.max(), 5)
   norm = colors.LogNorm(min(C_runs.min(), budgets.min()), max(C_runs.max(), budgets.max()))
   cmap = cm.viridis
@@ -408,8 +548,8 @@ def _plot(fit: ChinchillaFit, isoflop: IsoflopFit | None, predict_flops: Sequenc
   for k, C in enumerate(budgets):
     n_star = float(fit.n_opt(C))
     n = np.geomspace(n_star / 10, n_star * 10, 100)
-    ax.plot(n, fit.loss(n, C / (6 * n)), '--', color=cmap(norm(C)), lw=1, label='Approach 3' if k == 0 else None)
-    ax.plot(n_star, fit.loss(n_star, C / (6 * n_star)), 'x', color='k', label='Approach 3 minimum' if k == 0 else None)
+    ax.plot(n, fit.loss_at_compute(n, C), '--', color=cmap(norm(C)), lw=1, label='Approach 3' if k == 0 else None)
+    ax.plot(n_star, fit.loss_at_compute(n_star, C), 'x', color='k', label='Approach 3 minimum' if k == 0 else None)
   for k, u in enumerate(isoflop.budgets if isoflop else ()):
     x = np.linspace(np.log(pts.N[u.index]).min(), np.log(pts.N[u.index]).max(), 100)
     ax.plot(np.exp(x), np.polyval(u.parabola, x), color=cmap(norm(u.C)), lw=1.5)
@@ -448,11 +588,14 @@ def _plot(fit: ChinchillaFit, isoflop: IsoflopFit | None, predict_flops: Sequenc
 
 def run(points_path: str | pathlib.Path, out_dir: str | pathlib.Path, predict_flops: Sequence[float], *,
         bootstrap: int = 100, starts: int | None = 8, seed: int = 0) -> dict:
-  """`--mode=fit`: both approaches on a points CSV; Approach 2 is left out (null) when the runs are no isoFLOP sweep."""
+  """`--mode=fit`: both approaches on a points CSV in the sweep's compute units (`flops_per_token_of`); Approach 2
+  is left out (null) when the runs are no isoFLOP sweep."""
   points = load_points(points_path)
-  fit = fit_chinchilla(points.N, points.D, points.loss, starts=starts, bootstrap=bootstrap, seed=seed)
+  flops_per_token = flops_per_token_of(points)
+  fit = fit_chinchilla(points.N, points.D, points.loss, starts=starts, bootstrap=bootstrap, seed=seed,
+                       flops_per_token=flops_per_token)
   try:
-    isoflop = fit_isoflop_parabolas(points, bootstrap=bootstrap, seed=seed)
+    isoflop = fit_isoflop_parabolas(points, flops_per_token=flops_per_token, bootstrap=bootstrap, seed=seed)
   except ConfigError:
     isoflop = None
   return write_fit(fit, out_dir, predict_flops, isoflop)

@@ -8,7 +8,7 @@ import pytest
 
 from configs import default
 from configs.errors import ConfigError
-from data import builders, packing, pipeline, sources, tokenizers
+from data import builders, packing, pipeline, sources, split, tokenizers
 from data.quiet_tf import quietly, tfds
 from tests.conftest import typed
 
@@ -176,7 +176,8 @@ def test_text_dir_builder_splits_are_disjoint_complete_and_deterministic(text_di
   train, validation = split_paths(first, 'train'), split_paths(first, 'validation')
   assert train and validation and not set(train) & set(validation)
   assert set(train) | set(validation) == files
-  assert validation == sorted(p for p in files if builders.is_validation(p, 20))
+  docs = [(p, (text_dir / p).read_text()) for p in files]
+  assert validation == sorted(p for p, side in split.assign_splits(docs, 20).items() if side == 'validation')
   assert (split_paths(second, 'train'), split_paths(second, 'validation')) == (train, validation)
 
 

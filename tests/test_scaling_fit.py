@@ -1,5 +1,6 @@
 """Scaling-law fits recover known laws from synthetic sweeps; bad points files fail with one ConfigError line."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -14,17 +15,27 @@ TRUE = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 BUDGETS = np.geomspace(1e18, 1e22, 5)
 
 
-def _law(**params) -> sf.ChinchillaFit:
+PARAMS = ('E', 'A', 'B', 'alpha', 'beta')
+
+
+def _law(flops_per_token: sf.FlopsPerToken = sf.six_n, **params) -> sf.ChinchillaFit:
   """A fit with given parameters and no data behind it, to use its closed forms."""
   empty = sf.Points(N=np.ones(0), D=np.ones(0), loss=np.ones(0))
-  return sf.ChinchillaFit(**params, objective=0.0, samples=np.empty((0, 5)), ci=0.95, points=empty)
+  return sf.ChinchillaFit(**params, objective=0.0, samples=np.empty((0, 5)), ci=0.95, points=empty,
+                          flops_per_token=flops_per_token)
+
+
+def attention_like(N: np.ndarray) -> np.ndarray:
+  """FLOPs per token of 6N plus attention that matters at small N: 6N (1 + (1e8 / N)^(1/3)), 2x 6N at 1e8."""
+  N = np.asarray(N, float)
+  return 6 * N * (1 + (1e8 / N) ** (1 / 3))
 
 
 def _isoflop_sweep(law: sf.ChinchillaFit, noise: float, seed: int = 0) -> sf.Points:
-  """Nine sizes per budget, log-symmetric about the true optimum (x1/8 .. x8), D = C / 6N."""
+  """Nine sizes per budget, log-symmetric about the true optimum (x1/8 .. x8), D = C / flops_per_token(N)."""
   N = np.concatenate([law.n_opt(C) * np.geomspace(1 / 8, 8, 9) for C in BUDGETS])
   C = np.repeat(BUDGETS, 9)
-  D = C / (6 * N)
+  D = C / law.flops_per_token(N)
   loss = law.loss(N, D) * np.exp(np.random.default_rng(seed).normal(0, noise, len(N)))
   return sf.Points(N=N, D=D, loss=loss, C=C)
 
@@ -48,6 +59,89 @@ def test_approach3_recovers_chinchilla_law(chinchilla):
   for name in ('alpha', 'beta', 'a', 'E'):
     lo, hi = chinchilla.interval(name)
     assert lo <= hi and abs(lo - getattr(chinchilla, name)) < 0.05
+
+
+def test_approach3_recovers_every_quantity_of_an_exact_law():
+  """Noise-free runs put the objective's minimum (zero) exactly at the generating law, so all that is left is
+  L-BFGS's stopping tolerance (observed: 2e-6 relative at most). 1e-4 leaves room for that and still fails for a
+  wrong un-centring of A and B (off by orders of magnitude) or alpha and beta swapped (0.34 vs 0.28)."""
+  law = _law(**TRUE)
+  sweep = _isoflop_sweep(law, noise=0.0)
+  fit = sf.fit_chinchilla(sweep.N, sweep.D, sweep.loss, starts=2, bootstrap=3, seed=0)
+  for name in PARAMS + ('a', 'b', 'G'):
+    assert getattr(fit, name) == pytest.approx(getattr(law, name), rel=1e-4), name
+  for C in (1e19, 1e23):  # inside the sweep, and extrapolated
+    assert fit.n_opt(C) == pytest.approx(law.n_opt(C), rel=1e-4)
+    assert fit.d_opt(C) == pytest.approx(law.d_opt(C), rel=1e-4)
+    assert fit.loss(fit.n_opt(C), fit.d_opt(C)) == pytest.approx(law.loss(law.n_opt(C), law.d_opt(C)), rel=1e-6)
+  np.testing.assert_allclose(fit.samples, np.tile([TRUE[k] for k in PARAMS], (3, 1)), rtol=1e-4)  # exact resamples
+  assert fit.diverged == 0
+
+
+def test_diverged_bootstrap_refits_are_counted_and_reported(monkeypatch, tmp_path, sweep):
+  """Every third refit made to run off (a log-coefficient past exp's range): dropped, counted, in fit.json."""
+  fit_once, calls = sf._fit_once, []
+
+  def sometimes_diverging(*args, **kwargs):
+    theta, value = fit_once(*args, **kwargs)
+    calls.append(None)
+    return (theta + np.array([800.0, 0, 0, 0, 0]), value) if len(calls) % 3 == 0 else (theta, value)
+
+  monkeypatch.setattr(sf, '_fit_once', sometimes_diverging)
+  fit = sf.fit_chinchilla(sweep.N, sweep.D, sweep.loss, starts=1, bootstrap=6, seed=0)
+  assert len(calls) == 7 and fit.diverged == 2 and len(fit.samples) == 4  # calls 3 and 6 are refits 2 and 5
+  result = sf.write_fit(fit, tmp_path, [1e23])
+  assert result['bootstrap_diverged'] == 2 and result['bootstrap'] == 4
+
+
+def test_numerical_allocation_matches_the_closed_form_under_6n():
+  """Any function other than six_n itself takes the numerical path; for 6N it must land on the closed form."""
+  law = _law(**TRUE)
+  numeric = _law(flops_per_token=lambda n: 6 * np.asarray(n, float), **TRUE)
+  C = np.array([1e17, 1e21, 1e25])
+  np.testing.assert_allclose(numeric.n_opt(C), law.n_opt(C), rtol=1e-6)
+  np.testing.assert_allclose(numeric.d_opt(C), law.d_opt(C), rtol=1e-6)
+  assert numeric.n_opt(1e21) == pytest.approx(law.n_opt(1e21), rel=1e-6)  # scalars stay scalars
+
+
+def test_numerical_allocation_minimises_loss_at_compute():
+  law = _law(flops_per_token=attention_like, **TRUE)
+  for C in (1e18, 1e21, 1e24):
+    along_isoflop = lambda logN: law.loss_at_compute(np.exp(logN), C)
+    grid = np.linspace(np.log(1e5), np.log(1e14), 20001)
+    start = grid[np.argmin(along_isoflop(grid))]
+    best = optimize.minimize_scalar(along_isoflop, bracket=(start - 0.01, start, start + 0.01), tol=1e-12)
+    assert law.n_opt(C) == pytest.approx(np.exp(best.x), rel=1e-5)
+    assert law.d_opt(C) == pytest.approx(C / attention_like(law.n_opt(C)), rel=1e-12)
+    assert law.d_opt(C) < 0.9 * _law(**TRUE).d_opt(C)  # attention's FLOPs buy fewer tokens than 6ND says
+
+
+def test_both_approaches_allocate_in_the_sweeps_units(tmp_path):
+  """A sweep whose C counts attention (up to 2.4x 6N here): Approach 3 in those units finds the true allocation,
+  agrees with Approach 2's minima (within the parabolas' own 3% error) and draws its isoFLOP curves through the
+  runs; in 6ND units its D_opt is off by the attention share (x1.3 to x2.1)."""
+  law = _law(flops_per_token=attention_like, **TRUE)
+  sweep = _isoflop_sweep(law, noise=0.0)
+  fpt = sf.flops_per_token_of(sweep)
+  np.testing.assert_allclose(fpt(sweep.N), attention_like(sweep.N), rtol=1e-12)
+  fit = sf.fit_chinchilla(sweep.N, sweep.D, sweep.loss, starts=2, bootstrap=0, flops_per_token=fpt)
+  isoflop = sf.fit_isoflop_parabolas(sweep, flops_per_token=fpt, bootstrap=2)
+  np.testing.assert_allclose(fit.loss_at_compute(sweep.N, sweep.C), sweep.loss, rtol=1e-6)  # the curves drawn
+  assert np.abs(fit.loss(sweep.N, sweep.C / (6 * sweep.N)) / sweep.loss - 1).max() > 0.01  # the old ones missed
+  in_6nd = dataclasses.replace(fit, flops_per_token=sf.six_n)
+  for u in isoflop.budgets:
+    assert fit.n_opt(u.C) == pytest.approx(law.n_opt(u.C), rel=1e-4)
+    assert fit.d_opt(u.C) == pytest.approx(law.d_opt(u.C), rel=1e-4)
+    assert fit.n_opt(u.C) == pytest.approx(u.n_opt, rel=0.05) and fit.d_opt(u.C) == pytest.approx(u.d_opt, rel=0.05)
+    assert in_6nd.d_opt(u.C) > 1.25 * u.d_opt
+  result = sf.write_fit(dataclasses.replace(fit, flops_per_token=sf.six_n), tmp_path, [1e23], isoflop)
+  row, iso_row = result['predictions'][0], result['isoflop']['predictions'][0]
+  assert row['N_opt'] == pytest.approx(fit.n_opt(1e23)) and row['D_opt'] == pytest.approx(fit.d_opt(1e23))
+  assert row['D_opt'] == pytest.approx(1e23 / fpt(row['N_opt']), rel=1e-9)  # Approach 2's units, adopted
+  assert row['N_opt_6ND'] == pytest.approx(in_6nd.n_opt(1e23)) and row['C_6ND'] < 1e23
+  assert row['flops_per_token_over_6N'] == pytest.approx(1e23 / row['C_6ND'])
+  assert iso_row['C_6ND'] == pytest.approx(6 * iso_row['N_opt'] * iso_row['D_opt'])
+  assert result['isoflop']['bootstrap'] + result['isoflop']['bootstrap_dropped'] == 2
 
 
 def test_closed_form_allocation_matches_brute_force():
