@@ -16,7 +16,7 @@ train: setup
 	$(PY) main.py --config=configs/tiny.py --workdir=runs/tiny
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --ignore=tests/interop
 
 INTEROP_PY := .venv-interop/bin/python
 INTEROP_STAMP := .venv-interop/.requirements-installed

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from experiments import scaling_fit  # noqa: E402
+from experiments import scaling  # noqa: E402
 
 LAW = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)  # Hoffmann et al. (2022), Approach 3
 BUDGETS = np.geomspace(1e18, 1e21, 9)
@@ -61,7 +61,7 @@ def main() -> None:
     csv.write_text(synthetic_sweep(args.points, args.seed))
     load_before = os.getloadavg()
     start = time.perf_counter()
-    result = scaling_fit.run(csv, pathlib.Path(tmp, 'out'), [1e22, 1e23], bootstrap=args.bootstrap, seed=args.seed)
+    result = scaling.fit(csv, pathlib.Path(tmp, 'out'), [1e22, 1e23], bootstrap=args.bootstrap, seed=args.seed)
     seconds = time.perf_counter() - start
     load_after = os.getloadavg()
   print(json.dumps(dict(points=args.points, bootstraps=args.bootstrap, seconds=round(seconds, 2),

@@ -25,6 +25,7 @@ import math
 import os
 import pathlib
 import time
+from collections.abc import Sequence
 
 from typing import TYPE_CHECKING
 
@@ -200,7 +201,7 @@ def sweep(runtime: 'Runtime', config: Config, workdir: str) -> dict | None:
   points = _write_points(runs, losses, out)
   print(f'wrote {points} ({len(runs)} runs)', flush=True)
   try:
-    return fit(points, out, config.scaling, config.seed)
+    return fit(points, out, config.scaling.predict_flops, config.scaling.bootstrap, config.seed)
   except ConfigError as e:
     for name in FIT_OUTPUTS:  # an older fit would no longer describe points.csv
       (out / name).unlink(missing_ok=True)
@@ -208,35 +209,26 @@ def sweep(runtime: 'Runtime', config: Config, workdir: str) -> dict | None:
     return None
 
 
-def _flops_per_token_of(points: scaling_fit.Points) -> scaling_fit.FlopsPerToken:
-  """FLOPs per token as a function of N, read off the runs (C / D) when the CSV has C, else 6N.
-
-  Approach 2 turns N_opt into D_opt = C / flops_per_token(N_opt); using the sweep's own count (attention included)
-  keeps D_opt on the same footing as the runs' D. Between sampled sizes the ratio to 6N is interpolated in log N.
-  """
-  if points.C is None:
-    return scaling_fit.six_n
-  logN, index = np.unique(np.log(points.N), return_index=True)
-  ratio = (points.C / (6 * points.N * points.D))[index]
-  return lambda n: 6 * np.asarray(n, float) * np.interp(np.log(n), logN, ratio)
-
-
-def fit(points_path: str | os.PathLike, out_dir: str | os.PathLike, s: ScalingConfig, seed: int) -> dict:
-  """Approach 3 and (where the points form isoFLOP curves) Approach 2; writes fit.json and plots, prints a summary."""
+def fit(points_path: str | os.PathLike, out_dir: str | os.PathLike, predict_flops: Sequence[float], bootstrap: int,
+        seed: int) -> dict:
+  """Approach 3 and (where the points form isoFLOP curves) Approach 2, both in the sweep's compute units (C / D of
+  the runs when the CSV has C, else 6N); writes fit.json and plots, prints a summary."""
   points = scaling_fit.load_points(points_path)
+  flops_per_token = scaling_fit.flops_per_token_of(points)
   try:
-    approach_3 = scaling_fit.fit_chinchilla(points.N, points.D, points.loss, bootstrap=s.bootstrap, seed=seed)
+    approach_3 = scaling_fit.fit_chinchilla(points.N, points.D, points.loss, bootstrap=bootstrap, seed=seed,
+                                            flops_per_token=flops_per_token)
   except OverflowError:
     raise ConfigError(scaling_fit.KEY, str(points_path), 'Approach 3 (or a bootstrap refit of it) ran off to A, B or E '
                       'beyond float range: these runs do not follow E + A/N^alpha + B/D^beta; add runs or budgets, '
                       'or set scaling.bootstrap=0') from None
   try:
-    approach_2 = scaling_fit.fit_isoflop_parabolas(points, flops_per_token=_flops_per_token_of(points),
-                                                   bootstrap=s.bootstrap, seed=seed)
+    approach_2 = scaling_fit.fit_isoflop_parabolas(points, flops_per_token=flops_per_token, bootstrap=bootstrap,
+                                                   seed=seed)
   except ConfigError as e:
     print(f'Approach 2 skipped: {e.value}: {e.fix}', flush=True)
     approach_2 = None
-  result = scaling_fit.write_fit(approach_3, out_dir, s.predict_flops, approach_2)
+  result = scaling_fit.write_fit(approach_3, out_dir, predict_flops, approach_2)
   print(summary(result, pathlib.Path(out_dir)), flush=True)
   return result
 
@@ -248,7 +240,8 @@ def _ci(interval: list[float] | None) -> str:
 def summary(result: dict, out_dir: pathlib.Path) -> str:
   """fit.json as a table beside Chinchilla's published values, then the predictions."""
   level = f'{100 * result["ci_level"]:.0f}% interval' if result['bootstrap'] else 'interval (no bootstrap)'
-  lines = [f'Approach 3 on {result["num_runs"]} runs (L = E + A/N^alpha + B/D^beta; N_opt ~ C^a, D_opt ~ C^b):',
+  dropped = f'; {result["bootstrap_diverged"]} diverged refits dropped' if result['bootstrap_diverged'] else ''
+  lines = [f'Approach 3 on {result["num_runs"]} runs (L = E + A/N^alpha + B/D^beta; N_opt ~ C^a, D_opt ~ C^b){dropped}:',
            f'  {"":8s} {"fit":>10s}  {level:26s} {"Chinchilla":>10s}']
   for name in ('E', 'A', 'B', 'alpha', 'beta', 'a', 'b'):
     lines.append(f'  {name:8s} {result[name]:10.4g}  {_ci(result[name + "_ci"]):26s} {CHINCHILLA[name]:10.4g}')
@@ -274,4 +267,5 @@ def fit_only(config: Config, workdir: str) -> dict:
   if not config.scaling.points:
     raise ConfigError('scaling.points', '', 'set --config.scaling.points=FILE.csv (columns N, D, loss), e.g. a '
                       'sweep\'s WORKDIR/scaling/points.csv')
-  return fit(config.scaling.points, pathlib.Path(workdir) / 'scaling', config.scaling, config.seed)
+  s = config.scaling
+  return fit(s.points, pathlib.Path(workdir) / 'scaling', s.predict_flops, s.bootstrap, config.seed)

@@ -123,7 +123,10 @@ def flops_per_token_of(points: Points) -> FlopsPerToken:
 
 
 def _interval(samples: np.ndarray, ci: float) -> list[float] | None:
-  """Percentile bootstrap interval; None without samples."""
+  """Percentile bootstrap interval of the finite samples (a refit whose law has no compute-optimal size gives NaN
+  allocations); None without any."""
+  samples = np.asarray(samples, float)
+  samples = samples[np.isfinite(samples)]
   if len(samples) == 0:
     return None
   lo, hi = np.quantile(samples, [(1 - ci) / 2, (1 + ci) / 2])
@@ -296,9 +299,7 @@ class ChinchillaFit:
     offsets = np.linspace(-_SEARCH_HALF_WIDTH, _SEARCH_HALF_WIDTH, _SEARCH_GRID)
     grid_KX = center_K[:, None] + offsets
     best_K = np.argmin(excess(grid_KX), axis=1)
-    if np.any((best_K == 0) | (best_K == _SEARCH_GRID - 1)):
-      raise ValueError(f'no minimum of the loss within a factor e^{_SEARCH_HALF_WIDTH:g} of the 6ND optimum; '
-                       'flops_per_token must grow with N')
+    edge_K = (best_K == 0) | (best_K == _SEARCH_GRID - 1)  # no minimum near the 6ND one (alpha or beta <= 0)
     step = offsets[1] - offsets[0]
     lo_K = grid_KX[np.arange(len(best_K)), best_K] - step
     hi_K = lo_K + 2 * step
@@ -308,7 +309,7 @@ class ChinchillaFit:
       values = excess(np.stack([x1_K, x2_K], axis=1))
       left_K = values[:, 0] <= values[:, 1]
       hi_K, lo_K = np.where(left_K, x2_K, hi_K), np.where(left_K, lo_K, x1_K)
-    return np.exp((lo_K + hi_K) / 2).reshape(np.shape(C))
+    return np.where(edge_K, np.nan, np.exp((lo_K + hi_K) / 2)).reshape(np.shape(C))
 
   def _replicas(self) -> list['ChinchillaFit']:
     return [dataclasses.replace(self, E=E, A=A, B=B, alpha=alpha, beta=beta, samples=self.samples[:0])
@@ -584,18 +585,3 @@ def _plot(fit: ChinchillaFit, isoflop: IsoflopFit | None, predict_flops: Sequenc
   ax.set(xscale='log', xlabel='training FLOPs C', ylabel='final loss', title='Compute-optimal loss frontier')
   ax.legend(fontsize=8)
   fig.savefig(out / 'frontier.png', dpi=100)
-
-
-def run(points_path: str | pathlib.Path, out_dir: str | pathlib.Path, predict_flops: Sequence[float], *,
-        bootstrap: int = 100, starts: int | None = 8, seed: int = 0) -> dict:
-  """`--mode=fit`: both approaches on a points CSV in the sweep's compute units (`flops_per_token_of`); Approach 2
-  is left out (null) when the runs are no isoFLOP sweep."""
-  points = load_points(points_path)
-  flops_per_token = flops_per_token_of(points)
-  fit = fit_chinchilla(points.N, points.D, points.loss, starts=starts, bootstrap=bootstrap, seed=seed,
-                       flops_per_token=flops_per_token)
-  try:
-    isoflop = fit_isoflop_parabolas(points, flops_per_token=flops_per_token, bootstrap=bootstrap, seed=seed)
-  except ConfigError:
-    isoflop = None
-  return write_fit(fit, out_dir, predict_flops, isoflop)

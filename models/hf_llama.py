@@ -27,7 +27,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from models.transformer import ModelConfig
+from configs.sections import ModelConfig
 
 Params = dict
 LeafPath = tuple  # keys from the params root to a leaf, e.g. ('blocks', 0, 'attn', 'wq_DHE')

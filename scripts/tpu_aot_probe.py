@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from models.attention import AttentionMask  # noqa: E402
-from models.pallas_attention import MaskKind, pallas_attention  # noqa: E402
+from models.attention.pallas import MaskKind, pallas_attention  # noqa: E402
 
 PALLAS_CALL = 'tpu_custom_call'  # the custom call every Mosaic (Pallas TPU) kernel lowers to
 SPLASH_KERNEL = re.compile(r'splash_m[hq]a_(?:fwd|dq|dkv)\w*')  # its instructions' names, e.g. splash_mha_fwd_...

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from models import blockwise_attention
+from models.attention import blockwise as blockwise_attention
 from models.attention import AttentionMask
 from tests.test_attention import MASK_KINDS, dense_mask, make_mask, random_qkv
 from train import block_pairs
@@ -19,7 +19,7 @@ def _arrays(mask: AttentionMask) -> tuple[np.ndarray, ...]:
 def _kernel_pairs(mask: AttentionMask, q_block: int, kv_block: int) -> int:
   """Pairs the blockwise kernel visits (forward_chunk's third output), at its effective block sizes."""
   B, S = mask.positions.shape
-  q_block, kv_block = blockwise_attention.check_blocks(S, q_block, kv_block)
+  q_block, kv_block = blockwise_attention.block_sizes(S, q_block, kv_block)
   q, k, v, _ = random_qkv(batch=B, seq_len=S, heads=1, kv_heads=1, head_dim=4)
   forward = jax.jit(blockwise_attention.forward_chunk, static_argnums=(5, 6))
   return int(forward(*blockwise_attention.to_internal(q, k, v), mask, mask, q_block, kv_block)[2])

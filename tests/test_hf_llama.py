@@ -14,8 +14,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from configs.sections import ModelConfig
 from models import hf_llama
-from models.transformer import ModelConfig
 from sharding import rules
 from sharding.mesh import AXES
 from train import params as params_lib

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models import pallas_attention as pa
+from models.attention import pallas as pa
 from models.attention import AttentionMask
-from models.pallas_attention import MaskKind
+from models.attention.pallas import MaskKind
 from tests.test_attention import dense_mask, make_mask, random_qkv, reference
 
 B, S, H, K, E = 2, 256, 4, 2, 16  # GQA; S holds two of splash's 128-lane blocks

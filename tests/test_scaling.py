@@ -114,9 +114,9 @@ def test_fit_mode_on_csv(tmp_path):
 
 def test_flops_per_token_read_off_the_csv(tmp_path):
   points = scaling.scaling_fit.load_points(_synthetic_csv(tmp_path / 'points.csv'))
-  assert scaling._flops_per_token_of(points)(np.array([3e6]))[0] == pytest.approx(6 * 3e6, rel=1e-4)
+  assert scaling.scaling_fit.flops_per_token_of(points)(np.array([3e6]))[0] == pytest.approx(6 * 3e6, rel=1e-4)
   no_c = scaling.scaling_fit.load_points(_synthetic_csv(tmp_path / 'no_c.csv', with_c=False))
-  assert scaling._flops_per_token_of(no_c) is scaling.scaling_fit.six_n
+  assert scaling.scaling_fit.flops_per_token_of(no_c) is scaling.scaling_fit.six_n
 
 
 def test_fit_mode_without_points_is_one_line_and_exit_2(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 from scipy import optimize
 
 from configs.errors import ConfigError
+from experiments import scaling
 from experiments import scaling_fit as sf
 
 # Chinchilla's own fit (Hoffmann et al. 2022, Approach 3).
@@ -279,7 +280,7 @@ def test_run_from_csv_without_isoflop_sweep(tmp_path):
   loss = _law(**TRUE).loss(N, D)
   rows = ''.join(f'{n:.17g},{d:.17g},{l:.17g}\n' for n, d, l in zip(N, D, loss))
   (tmp_path / 'p.csv').write_text('N,D,loss\n' + rows)
-  result = sf.run(tmp_path / 'p.csv', tmp_path / 'out', [1e21], bootstrap=0, starts=2)
+  result = scaling.fit(tmp_path / 'p.csv', tmp_path / 'out', [1e21], bootstrap=0, seed=0)
   assert result['isoflop'] is None and result['alpha_ci'] is None
   assert result['alpha'] == pytest.approx(TRUE['alpha'], abs=0.01)
   for name in ('isoflop.png', 'allocation.png', 'frontier.png'):

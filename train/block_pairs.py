@@ -6,10 +6,10 @@ batch's mask arrays (segment_ids, positions, bidirectional, each [B, S], as mode
 them) and count what each path computes, so FLOPs and MFU can count the work done. Attention's training FLOPs per
 token are 12 * L * H * E * keys per query (`AttentionWork`), where train.flops assumes S keys per query.
 
-The blockwise rule mirrors models.blockwise_attention (`summarize` + `hidden`) exactly: a pair is skipped only when
+The blockwise rule mirrors models.attention.blockwise (`summarize` + `hidden`) exactly: a pair is skipped only when
 it is hidden in every row of the batch, judged from per-block reductions of the mask, and block sizes longer than
 the sequence shrink to it (`effective_block`). Vanilla attention computes every pair. Ring attention runs the same
-per-pair rule on each device's chunk of its layout (see models.ring_attention).
+per-pair rule on each device's chunk of its layout (see models.attention.ring).
 
 Dims: B batch, S sequence, Q q block (NQ = S / Q of them), J kv block (NJ = S / J).
 """
@@ -31,7 +31,7 @@ def _effective(block: int, seq_len: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class _Summary:
-  """Per-block reductions of the mask, [B, num_blocks] each (models.blockwise_attention.BlockSummary in numpy)."""
+  """Per-block reductions of the mask, [B, num_blocks] each (models.attention.blockwise.BlockSummary in numpy)."""
 
   segment_min: np.ndarray
   segment_max: np.ndarray

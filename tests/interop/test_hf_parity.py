@@ -1,7 +1,7 @@
 """ringlm <-> transformers' LlamaForCausalLM compute the same logits, both ways (run by `make test-interop`).
 
-Needs torch and transformers (requirements-interop.txt); skipped in the main venv. Each test prints its largest
-absolute logit difference; float32 must agree within 1e-5.
+Needs torch and transformers (requirements-interop.txt), so `make test` leaves this folder out. Each test prints its
+largest absolute logit difference; float32 must agree within 1e-5.
 """
 
 import dataclasses
@@ -11,14 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+import transformers
 
-torch = pytest.importorskip('torch')
-transformers = pytest.importorskip('transformers')
-
-from models import hf_llama  # noqa: E402
-from models.attention import AttentionMask  # noqa: E402
-from models.transformer import ModelConfig  # noqa: E402
-from train import params as params_lib  # noqa: E402
+from configs.sections import ModelConfig
+from models import hf_llama
+from models.attention import AttentionMask
+from train import params as params_lib
 
 transformers.utils.logging.disable_progress_bar()
 transformers.utils.logging.set_verbosity_error()
@@ -177,7 +176,7 @@ def test_round_trip_through_transformers_is_bitwise(tmp_path):
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
 def test_safetensors_library_reads_our_files(dtype, tmp_path):
   """The reference reader sees exactly the tensors to_hf gives (rounded once for bfloat16), sharded or not."""
-  safetensors = pytest.importorskip('safetensors')
+  import safetensors
   cfg = dataclasses.replace(CFG, tie_embeddings=False)
   params = _random_params(cfg)
   hf_llama.save_weights(tmp_path, params, cfg, dtype=dtype, max_shard_bytes=60_000)

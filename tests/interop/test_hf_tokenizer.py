@@ -14,13 +14,12 @@ import types
 import numpy as np
 import pytest
 import sentencepiece as spm
+import transformers
 
-transformers = pytest.importorskip('transformers')
-
-from data import hf_tokenizer  # noqa: E402
-from data import tokenizers as tokenizers_lib  # noqa: E402
-from models import hf_llama  # noqa: E402
-from models.transformer import ModelConfig  # noqa: E402
+from configs.sections import ModelConfig
+from data import hf_tokenizer
+from data import tokenizers as tokenizers_lib
+from models import hf_llama
 
 transformers.utils.logging.set_verbosity_error()
 

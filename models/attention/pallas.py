@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -31,10 +30,8 @@ from jax.experimental.pallas.ops.gpu import attention as triton_attention
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash_kernel
 
-from models.blockwise_attention import effective_block
-
-if TYPE_CHECKING:
-  from models.attention import AttentionMask
+from models.attention.blockwise import effective_block
+from models.attention.mask import AttentionMask
 
 PLATFORMS = ('tpu', 'gpu')  # the kernel families; 'cpu' runs either only with interpret=True
 BIDIRECTIONAL = ('none', 'prefix', 'all')
