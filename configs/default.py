@@ -9,8 +9,8 @@ Shape letters, one meaning each across the code base (`x_BSD`, `q_BKGSE`, `token
   V vocabulary                   L layers                        Q query block length
   J key/value block length       C sequence chunk length (blockwise FFN and loss)
   N chunks or blocks along the sequence (a scan's length)       P sequence shards (devices on `length`)
-  R packed rows of a split       M runs of a scaling sweep       X starting points of a fit's grid
-  W fitted parameters (a scaling-law fit's 5)
+  R packed rows of a split       M runs of a scaling sweep       U compute budgets
+  X starting points of a fit's grid                              W fitted parameters (a scaling-law fit's 5)
 """
 
 import ml_collections

@@ -53,23 +53,26 @@ def near_duplicate_groups(docs: Sequence[tuple[str, str]]) -> list[list[str]]:
   signatures = [signature(text) for _, text in docs]
   lines = sorted(set().union(*signatures))
   line_ids = {line: j for j, line in enumerate(lines)}
-  doc_E = np.repeat(np.arange(len(docs)), [len(lines_of) for lines_of in signatures])  # E: (document, line) pairs
-  line_E = np.fromiter((line_ids[line] for lines_of in signatures for line in sorted(lines_of)), np.int64, len(doc_E))
+  # One entry per (document, line) pair.
+  pair_doc = np.repeat(np.arange(len(docs)), [len(lines_of) for lines_of in signatures])
+  pair_line = np.fromiter((line_ids[line] for lines_of in signatures for line in sorted(lines_of)), np.int64,
+                          len(pair_doc))
   n = len(docs)
-  docs_L = np.bincount(line_E, minlength=len(lines))
-  chars_L = np.fromiter(map(len, lines), np.float64, len(lines))
-  weight_L = np.round(1000 * chars_L * np.log(n / docs_L))  # integers: exact, order-free sums
-  total_N = np.bincount(doc_E, weights=weight_L[line_E], minlength=n)
-  kept_E = ((docs_L >= 2) & (docs_L <= MAX_LINE_DOCS))[line_E]
-  weighted_NL = sparse.csr_matrix((weight_L[line_E[kept_E]], (doc_E[kept_E], line_E[kept_E])), shape=(n, len(lines)))
-  binary_NL = sparse.csr_matrix((np.ones(kept_E.sum()), (doc_E[kept_E], line_E[kept_E])), shape=(n, len(lines)))
-  shared = sparse.triu(weighted_NL @ binary_NL.T, k=1).tocoo()  # weight of the lines two documents share
-  union = total_N[shared.row] + total_N[shared.col] - shared.data
+  line_docs = np.bincount(pair_line, minlength=len(lines))
+  line_chars = np.fromiter(map(len, lines), np.float64, len(lines))
+  line_weight = np.round(1000 * line_chars * np.log(n / line_docs))  # integers: exact, order-free sums
+  doc_total = np.bincount(pair_doc, weights=line_weight[pair_line], minlength=n)
+  pair_kept = ((line_docs >= 2) & (line_docs <= MAX_LINE_DOCS))[pair_line]
+  where = (pair_doc[pair_kept], pair_line[pair_kept])
+  weighted = sparse.csr_matrix((line_weight[pair_line[pair_kept]], where), shape=(n, len(lines)))  # documents x lines
+  binary = sparse.csr_matrix((np.ones(pair_kept.sum()), where), shape=(n, len(lines)))
+  shared = sparse.triu(weighted @ binary.T, k=1).tocoo()  # weight of the lines two documents share
+  union = doc_total[shared.row] + doc_total[shared.col] - shared.data
   linked = (shared.data > 0) & (shared.data >= MIN_SIMILARITY * union)
-  graph_NN = sparse.coo_matrix((np.ones(linked.sum()), (shared.row[linked], shared.col[linked])), shape=(n, n))
-  _, label_N = csgraph.connected_components(graph_NN, directed=False)
+  graph = sparse.coo_matrix((np.ones(linked.sum()), (shared.row[linked], shared.col[linked])), shape=(n, n))
+  _, labels = csgraph.connected_components(graph, directed=False)
   groups: dict[int, list[str]] = {}
-  for path, label in zip(paths, label_N):
+  for path, label in zip(paths, labels):
     groups.setdefault(int(label), []).append(path)
   return sorted(groups.values())
 

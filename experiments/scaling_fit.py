@@ -182,52 +182,52 @@ def one_blas_thread() -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------------- Approach 3
 
 
-def _objective(theta_GP: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarray,
+def _objective(theta_XW: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarray,
                delta: float) -> tuple[np.ndarray, np.ndarray]:
-  """Huber objective and its gradient for G parameter vectors (a, b, e, alpha, beta) at once.
+  """Huber objective and its gradient for X parameter vectors (a, b, e, alpha, beta) at once.
 
   The three-term log-sum-exp is written out rather than calling scipy.special.logsumexp, whose input checks cost
   more than the arithmetic at these sizes (L-BFGS calls this ~10^4 times per fit).
   """
-  a, b, e, alpha, beta = (theta_GP[:, i:i + 1] for i in range(NUM_PARAMS))
-  zn_GM, zd_GM = a - alpha * logN, b - beta * logD
-  max_GM = np.maximum(np.maximum(zn_GM, zd_GM), e)
-  expn_GM, expd_GM, expe_GM = np.exp(zn_GM - max_GM), np.exp(zd_GM - max_GM), np.exp(e - max_GM)
-  sum_GM = expn_GM + expd_GM + expe_GM
-  r_GM = max_GM + np.log(sum_GM) - logL
-  abs_GM = np.abs(r_GM)
-  huber_GM = np.where(abs_GM <= delta, 0.5 * r_GM ** 2, delta * (abs_GM - 0.5 * delta))
-  dr_GM = np.clip(r_GM, -delta, delta) / sum_GM  # d huber / d r over the sum: times a term's exp, d / d z
-  gn_GM, gd_GM = dr_GM * expn_GM, dr_GM * expd_GM
-  grad_GP = np.stack([gn_GM.sum(1), gd_GM.sum(1), (dr_GM * expe_GM).sum(1), -(gn_GM * logN).sum(1),
-                      -(gd_GM * logD).sum(1)], axis=1)
-  return huber_GM.sum(1), grad_GP
+  a, b, e, alpha, beta = (theta_XW[:, i:i + 1] for i in range(NUM_PARAMS))
+  zn_XM, zd_XM = a - alpha * logN, b - beta * logD
+  max_XM = np.maximum(np.maximum(zn_XM, zd_XM), e)
+  expn_XM, expd_XM, expe_XM = np.exp(zn_XM - max_XM), np.exp(zd_XM - max_XM), np.exp(e - max_XM)
+  sum_XM = expn_XM + expd_XM + expe_XM
+  r_XM = max_XM + np.log(sum_XM) - logL
+  abs_XM = np.abs(r_XM)
+  huber_XM = np.where(abs_XM <= delta, 0.5 * r_XM ** 2, delta * (abs_XM - 0.5 * delta))
+  dr_XM = np.clip(r_XM, -delta, delta) / sum_XM  # d huber / d r over the sum: times a term's exp, d / d z
+  gn_XM, gd_XM = dr_XM * expn_XM, dr_XM * expd_XM
+  grad_XW = np.stack([gn_XM.sum(1), gd_XM.sum(1), (dr_XM * expe_XM).sum(1), -(gn_XM * logN).sum(1),
+                      -(gd_XM * logD).sum(1)], axis=1)
+  return huber_XM.sum(1), grad_XW
 
 
-def _fit_once(logN: np.ndarray, logD: np.ndarray, logL: np.ndarray, delta: float, grid_GP: np.ndarray,
+def _fit_once(logN: np.ndarray, logD: np.ndarray, logL: np.ndarray, delta: float, grid_XW: np.ndarray,
               starts: int | None, extra_start: np.ndarray | None = None) -> tuple[np.ndarray, float]:
   """Best L-BFGS solution from the `starts` lowest grid points (all if None), plus an optional warm start.
 
   L-BFGS runs on centred logs (a' = a - alpha mean(log N), likewise b'), the same fit with the strong a/alpha
   correlation removed, so it converges in fewer steps.
   """
-  values, _ = _objective(grid_GP, logN, logD, logL, delta)
-  chosen = grid_GP[np.argsort(values, kind='stable')[:starts]]
+  values, _ = _objective(grid_XW, logN, logD, logL, delta)
+  chosen = grid_XW[np.argsort(values, kind='stable')[:starts]]
   if extra_start is not None:
     chosen = np.vstack([chosen, extra_start])
-  shift_P = np.array([logN.mean(), logD.mean()])
+  shifts = np.array([logN.mean(), logD.mean()])
 
   def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
-    value, grad = _objective(theta[None], logN - shift_P[0], logD - shift_P[1], logL, delta)
+    value, grad = _objective(theta[None], logN - shifts[0], logD - shifts[1], logL, delta)
     return float(value[0]), grad[0]
 
   best_theta, best_value = None, np.inf
   for theta0 in chosen:
-    centred = np.concatenate([theta0[:2] - theta0[3:] * shift_P, theta0[2:]])
+    centred = np.concatenate([theta0[:2] - theta0[3:] * shifts, theta0[2:]])
     result = optimize.minimize(fun, centred, jac=True, method='L-BFGS-B',
                                options=dict(maxiter=1000, ftol=1e-12, gtol=1e-10))
     if np.isfinite(result.fun) and result.fun < best_value:
-      best_theta = np.concatenate([result.x[:2] + result.x[3:] * shift_P, result.x[2:]])
+      best_theta = np.concatenate([result.x[:2] + result.x[3:] * shifts, result.x[2:]])
       best_value = float(result.fun)
   return best_theta, best_value
 
@@ -290,26 +290,26 @@ class ChinchillaFit:
   def _isoflop_minimum(self, C: np.ndarray, start: np.ndarray) -> np.ndarray:
     """argmin over N of L(N, C / flops_per_token(N)) for each C: the best of a grid in ln N about `start`, refined
     by golden sections. E is left out of the values compared, so rounding sees only the terms that vary."""
-    logC_K, center_K = np.log(C).reshape(-1), np.log(start).reshape(-1)
+    logC_K, center_U = np.log(C).reshape(-1), np.log(start).reshape(-1)
 
     def excess(logN):
       N = np.exp(logN)
       return self.A / N ** self.alpha + self.B * (self.flops_per_token(N) / np.exp(logC_K)[..., None]) ** self.beta
 
     offsets = np.linspace(-_SEARCH_HALF_WIDTH, _SEARCH_HALF_WIDTH, _SEARCH_GRID)
-    grid_KX = center_K[:, None] + offsets
-    best_K = np.argmin(excess(grid_KX), axis=1)
-    edge_K = (best_K == 0) | (best_K == _SEARCH_GRID - 1)  # no minimum near the 6ND one (alpha or beta <= 0)
+    grid_UX = center_U[:, None] + offsets
+    best_U = np.argmin(excess(grid_UX), axis=1)
+    edge_U = (best_U == 0) | (best_U == _SEARCH_GRID - 1)  # no minimum near the 6ND one (alpha or beta <= 0)
     step = offsets[1] - offsets[0]
-    lo_K = grid_KX[np.arange(len(best_K)), best_K] - step
-    hi_K = lo_K + 2 * step
+    lo_U = grid_UX[np.arange(len(best_U)), best_U] - step
+    hi_U = lo_U + 2 * step
     ratio = (math.sqrt(5) - 1) / 2
     for _ in range(_GOLDEN_STEPS):
-      x1_K, x2_K = hi_K - ratio * (hi_K - lo_K), lo_K + ratio * (hi_K - lo_K)
-      values = excess(np.stack([x1_K, x2_K], axis=1))
-      left_K = values[:, 0] <= values[:, 1]
-      hi_K, lo_K = np.where(left_K, x2_K, hi_K), np.where(left_K, lo_K, x1_K)
-    return np.where(edge_K, np.nan, np.exp((lo_K + hi_K) / 2)).reshape(np.shape(C))
+      x1_U, x2_U = hi_U - ratio * (hi_U - lo_U), lo_U + ratio * (hi_U - lo_U)
+      values = excess(np.stack([x1_U, x2_U], axis=1))
+      left_U = values[:, 0] <= values[:, 1]
+      hi_U, lo_U = np.where(left_U, x2_U, hi_U), np.where(left_U, lo_U, x1_U)
+    return np.where(edge_U, np.nan, np.exp((lo_U + hi_U) / 2)).reshape(np.shape(C))
 
   def _replicas(self) -> list['ChinchillaFit']:
     return [dataclasses.replace(self, E=E, A=A, B=B, alpha=alpha, beta=beta, samples=self.samples[:0])
@@ -337,15 +337,15 @@ def fit_chinchilla(N: Sequence[float], D: Sequence[float], L: Sequence[float], *
   """
   N, D, L = (np.asarray(x, dtype=float) for x in (N, D, L))
   _check(N, D, L, f'{len(N)} runs')
-  grid_GP = np.array(list(itertools.product(*grid)), dtype=float)
+  grid_XW = np.array(list(itertools.product(*grid)), dtype=float)
   logN, logD, logL = np.log(N), np.log(D), np.log(L)
   rng = np.random.default_rng(seed)
   samples = []
   with one_blas_thread():
-    theta, value = _fit_once(logN, logD, logL, delta, grid_GP, starts)
+    theta, value = _fit_once(logN, logD, logL, delta, grid_XW, starts)
     for _ in range(bootstrap):
       i = rng.integers(0, len(N), len(N))
-      t, _ = _fit_once(logN[i], logD[i], logL[i], delta, grid_GP, starts, extra_start=theta)
+      t, _ = _fit_once(logN[i], logD[i], logL[i], delta, grid_XW, starts, extra_start=theta)
       if t is not None and np.all(np.isfinite(t)) and np.all(np.abs(t[:3]) < 700):  # else exp() would overflow
         samples.append(_natural(t))
   E, A, B, alpha, beta = _natural(theta)

@@ -43,9 +43,9 @@ class _Summary:
 def _summarize(segment_ids_BS: np.ndarray, positions_BS: np.ndarray, bidirectional_BS: np.ndarray,
                block: int) -> _Summary:
   B, S = segment_ids_BS.shape
-  seg_BNL, pos_BNL, bid_BNL = (np.asarray(a).reshape(B, S // block, block)
+  seg, pos, bid = (np.asarray(a).reshape(B, S // block, block)
                                for a in (segment_ids_BS, positions_BS, bidirectional_BS))
-  return _Summary(seg_BNL.min(-1), seg_BNL.max(-1), pos_BNL.min(-1), pos_BNL.max(-1), bid_BNL.any(-1))
+  return _Summary(seg.min(-1), seg.max(-1), pos.min(-1), pos.max(-1), bid.any(-1))
 
 
 def _check(segment_ids_BS: np.ndarray, positions_BS: np.ndarray, bidirectional_BS: np.ndarray) -> tuple[int, int]:
