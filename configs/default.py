@@ -19,6 +19,9 @@ import ml_collections
 LOGICAL_RULES = ('batch=data+fsdp,length=sequence,embed=fsdp,heads=tensor,kv_heads=tensor,mlp=tensor,vocab=tensor,'
                  'head_dim=,norm=,layers=')
 
+# --mode=compare's variants: each a name and the config overrides that make it (see experiments/compare.py).
+OBJECTIVE_VARIANTS = 'causal: objective=causal; prefix_lm: objective=prefix_lm; masked_lm: objective=masked_lm'
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -106,12 +109,16 @@ def get_config() -> ml_collections.ConfigDict:
   g.num_samples = 2  # --mode=sample: samples drawn, each from its own key
 
   c.compare = p = ml_collections.ConfigDict()
-  p.objectives = ('causal', 'prefix_lm', 'masked_lm')  # --mode=compare: objectives trained at the same FLOPs
-  p.flops_budget = 0.0  # --mode=compare: training FLOPs per objective; 0 = train.steps of the costliest one
+  p.variants = OBJECTIVE_VARIANTS  # --mode=compare: "name: key=value ...; ..."; the first is the baseline
+  p.flops_budgets = (3e12, 1e13, 3e13)  # --mode=compare: executed training FLOPs per run; each variant runs at each
 
   c.scaling = s = ml_collections.ConfigDict()
   s.flops = (3e11, 1e12, 3e12)  # --mode=scaling: compute budgets C in training FLOPs, one isoFLOP curve each
-  s.d_models = (24, 48, 72, 96, 120)  # widths trained at every budget; depth, heads and d_ff follow from the rule
+  s.d_models = (24, 48, 72, 96, 120)  # candidate widths; depth, heads and d_ff follow from the rule
+  s.window = 0.0  # a budget trains the widths whose N is within x window of N_c; 0 = every width at every budget
+  s.centre_coefficient = 0.06  # N_c = centre_coefficient * C ** centre_exponent: where a budget's window is centred
+  s.centre_exponent = 0.5  # see centre_coefficient (0.5: Chinchilla's N_opt ~ C^0.5)
+  s.min_steps = 1  # every run must train at least this many optimizer steps (a budget too small is an error)
   s.aspect_ratio = 24  # width/depth rule: num_layers = max(1, round(d_model / aspect_ratio))
   s.head_dim = 24  # width/depth rule: num_heads = num_kv_heads = d_model / head_dim
   s.ffn_ratio = 3.0  # width/depth rule: d_ff = round(ffn_ratio * d_model)

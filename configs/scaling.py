@@ -1,8 +1,11 @@
-"""`--mode=scaling` default: byte-level models of 14k-970k params on the embedded corpus, 5 widths x 3 budgets.
+"""`--mode=scaling` default: byte-level models of 14k-850k params on the embedded corpus, 4 budgets over 33x.
 
-The sweep itself is configs/default.py's: budgets 3e11, 1e12, 3e12 FLOPs; d_model 24, 48, 72, 96, 120 with
-num_layers = d_model / 24 and 24-wide heads. Byte tokens keep the vocabulary (264) from dominating models this small
-and need no tokenizer training. Each run evaluates and checkpoints once, at its end.
+Budgets 3e11, 1e12, 3e12, 1e13 executed training FLOPs. Each trains the widths of `scaling.d_models` whose N lies
+within 4x of N_c = 0.06 C^0.5 (Chinchilla's N_opt ~ C^0.5; the constant from an earlier sweep here), so each
+isoFLOP curve brackets its minimum with 5-6 sizes; depth follows width (num_layers = round(d_model / 24)), heads
+are 8 wide. Byte tokens keep the vocabulary (264) from dominating models this small and need no tokenizer training.
+Batches of 8 x 128 tokens give every run at least 200 optimizer steps. Each run evaluates and checkpoints once, at
+its end.
 """
 
 from configs import default
@@ -15,12 +18,17 @@ def get_config():
   c.data.seq_len = 128
   c.model.num_layers = 2  # the base model is the rule's d_model=48; each run replaces the shape keys
   c.model.d_model = 48
-  c.model.num_heads = 2
-  c.model.num_kv_heads = 2
+  c.model.num_heads = 6
+  c.model.num_kv_heads = 6
   c.model.d_ff = 144
-  c.train.batch_size = 16
+  c.train.batch_size = 8
   c.train.learning_rate = 3e-3
-  c.train.log_every = 50
-  c.train.eval_batches = 16
+  c.train.log_every = 100
+  c.train.eval_batches = 32
   c.train.eval_probes = False  # the sweep needs the eval loss only
+  c.scaling.flops = (3e11, 1e12, 3e12, 1e13)
+  c.scaling.d_models = (16, 24, 32, 40, 48, 56, 64, 72, 80, 96, 112, 128)
+  c.scaling.head_dim = 8
+  c.scaling.window = 4.0
+  c.scaling.min_steps = 200
   return c

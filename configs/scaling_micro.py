@@ -5,7 +5,7 @@ from configs import scaling
 
 def get_config():
   c = scaling.get_config()
-  c.model.d_model = 32
+  c.model.d_model, c.model.num_heads, c.model.num_kv_heads = 32, 2, 2
   c.data.seq_len = 32
   c.train.batch_size = 4
   c.train.eval_batches = 1
@@ -13,5 +13,7 @@ def get_config():
   c.scaling.d_models = (16, 32, 48)
   c.scaling.aspect_ratio = 48  # one layer each: compiling, not training, is what costs here
   c.scaling.head_dim = 16
+  c.scaling.window = 0.0  # every width at every budget
+  c.scaling.min_steps = 1
   c.scaling.bootstrap = 5
   return c

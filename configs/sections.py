@@ -11,6 +11,7 @@ Whether the tokenizer can have `data.vocab_size` ids is checked where the tokeni
 it depends on the tokenizer, not only on the config.
 """
 
+import ast
 import copy
 import dataclasses
 import math
@@ -320,23 +321,60 @@ class SampleConfig(Section):
   num_samples: int = field(positive_int)
 
 
-def _objective_names(v: Any) -> str | None:
-  example = "--config.compare.objectives=\"('causal','masked_lm')\""
-  if not isinstance(v, (tuple, list)) or not v:
-    return f'list at least one of {", ".join(OBJECTIVES)}, e.g. {example}'
-  unknown = [name for name in v if name not in OBJECTIVES]
-  if unknown:
-    return f'unknown objective {unknown[0]!r}; choose from {", ".join(OBJECTIVES)}, as a tuple, e.g. {example}'
-  if len(set(v)) != len(v):
-    return 'an objective is listed twice; list each once'
+Variants = tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
+
+
+def parse_variants(spec: str) -> Variants:
+  """'causal: objective=causal; wide: objective=causal model.d_model=256' -> ((name, ((key, value), ...)), ...).
+
+  Values are Python literals where they parse as one (256, 1e-3, False, (1, 2)), else strings (causal).
+  """
+  variants = []
+  for item in (i.strip() for i in spec.split(';') if i.strip()):
+    name, sep, rest = item.partition(':')
+    name = name.strip()
+    if not sep or not name.isidentifier():
+      raise ValueError(f'write "name: key=value ..." items separated by ";" (at {item!r})')
+    overrides = []
+    for assignment in rest.split():
+      key, eq, text = assignment.partition('=')
+      if not eq or not key or not text:
+        raise ValueError(f'variant {name}: write key=value without spaces around = (at {assignment!r})')
+      try:
+        value = ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        value = text
+      overrides.append((key, value))
+    variants.append((name, tuple(overrides)))
+  if not variants:
+    raise ValueError('list at least one variant, e.g. "causal: objective=causal; masked: objective=masked_lm"')
+  names = [name for name, _ in variants]
+  if len(set(names)) != len(names):
+    raise ValueError(f'variant names must be unique, got {names}')
+  return tuple(variants)
+
+
+def _variants(v: Any) -> str | None:
+  if not isinstance(v, str):
+    return 'use a string "name: key=value ...; name: ..."'
+  try:
+    parse_variants(v)
+  except ValueError as e:
+    return str(e)
   return None
 
 
 @dataclasses.dataclass(frozen=True)
 class CompareConfig(Section):
+  """Variants (each a set of config overrides) trained at every budget; the first is the baseline."""
+
   name: ClassVar[str] = 'compare'
-  objectives: tuple[str, ...] = field(_objective_names)
-  flops_budget: float = field(non_negative)
+  variants: str = field(_variants)
+  flops_budgets: tuple[float, ...] = field(positive_numbers(example='1e12,3e12,1e13'))
+
+  @property
+  def parsed_variants(self) -> Variants:
+    return parse_variants(self.variants)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -344,6 +382,10 @@ class ScalingConfig(Section):
   name: ClassVar[str] = 'scaling'
   flops: tuple[float, ...] = field(positive_numbers())
   d_models: tuple[int, ...] = field(positive_numbers(integer=True, example='64,96,128'))
+  window: float = field(non_negative)
+  centre_coefficient: float = field(positive)
+  centre_exponent: float = field(positive)
+  min_steps: int = field(positive_int)
   aspect_ratio: float = field(positive)
   head_dim: int = field(positive_int)
   ffn_ratio: float = field(positive)
@@ -358,6 +400,8 @@ class ScalingConfig(Section):
     bad = [d for d in self.d_models if d % self.head_dim]
     if bad:
       self._fail('d_models', f'{bad} not divisible by scaling.head_dim={self.head_dim}')
+    if 0 < self.window < 1:
+      self._fail('window', 'use a factor >= 1 (N within [N_c / window, N_c * window]), or 0 for every width')
 
 
 # ------------------------------------------------------------------------------------------------ the whole config

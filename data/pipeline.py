@@ -5,8 +5,9 @@ before, so resuming at step k needs only k (no iterator state in checkpoints).
 
 Local corpora (stdlib, text_dir) are tokenized and packed whole once, cached as .npy under data.cache_dir, and
 memory-mapped. Row r of the endless training stream is row perm_e[r % N] of the packed split, where
-e = r // N is the epoch and perm_e a permutation seeded by (seed, e); evaluation (shuffle=False) reads rows in order,
-so every evaluation sees the same batches. Global batch `step` is stream rows [step*B, (step+1)*B); process p of P
+e = r // N is the epoch and perm_e a permutation seeded by (seed, e). Other splits (evaluation) read one epoch of a
+permutation seeded by EVAL_SEED whatever the run's seed: a sample spread over the whole split, the same batches for
+every evaluation and every run, and an error rather than a wrap past the split's end. Global batch `step` is stream rows [step*B, (step+1)*B); process p of P
 takes its contiguous B/P of them, so the processes' rows are disjoint and together form the one-process batch.
 
 Catalogue datasets (data.tfds_name) may not fit in memory, so they are streamed: each process reads its own
@@ -36,6 +37,7 @@ _PACK_FORMAT = 1  # bump when packing changes, so cached arrays are rebuilt
 _INDEX_EVERY = 64  # streamed rows between recorded row starts: a resumed stream seeks to one, then reads < 64 rows
 _INDEX_SAVE_EVERY = 16  # recorded starts between writes of the table (a new run re-reads at most 64 * 16 rows)
 _FIELDS = ('tokens', 'segment_ids', 'positions')
+EVAL_SEED = 0  # orders every evaluation split, whatever the run's seed, so runs are scored on the same rows
 
 
 class Dataset(Protocol):
@@ -51,11 +53,11 @@ class Dataset(Protocol):
 
 
 def make_dataset(data_config: DataConfig, seed: int, split: str, process_index: int = 0, process_count: int = 1,
-                 shuffle: bool | None = None) -> Dataset:
+                 shuffle: bool = True) -> Dataset:
   """Opens (building and caching on first use) this process's view of `split`.
 
-  shuffle: per-epoch permutation of rows seeded by `seed` (local corpora); defaults to True for data.train_split,
-  False otherwise.
+  The train split repeats in epochs, each a permutation seeded by `seed`; any other split is read once in the order
+  EVAL_SEED gives it (local corpora; shuffle=False: stored order).
   """
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index {process_index} is not in [0, {process_count})')
@@ -66,8 +68,9 @@ def make_dataset(data_config: DataConfig, seed: int, split: str, process_index: 
   tokenizer = tokenizers.make_tokenizer(d, corpus.identity, _train_texts(corpus, d.train_split))
   if corpus.local:
     rows = _packed(d, corpus, split, tokenizer)
-    return LocalDataset(tokenizer, rows, process_index, process_count,
-                        seed=seed, shuffle=split == d.train_split if shuffle is None else shuffle)
+    training = split == d.train_split
+    return LocalDataset(tokenizer, rows, process_index, process_count, seed=seed if training else EVAL_SEED,
+                        shuffle=shuffle, repeat=training)
   index = (cache.root(d) / 'stream_index' / f'{corpus.identity}_{_split_key(split)}_{tokenizer.identity}_S{d.seq_len}_'
            f'p{process_index}of{process_count}_f{_PACK_FORMAT}.npy')
   return StreamingDataset(tokenizer, corpus, split, d.seq_len, process_index, process_count, index)
@@ -109,11 +112,11 @@ class LocalDataset:
   """A packed split held as memory-mapped [N, S] arrays, indexed by step (see the module docstring)."""
 
   def __init__(self, tokenizer: tokenizers.Tokenizer, rows: dict[str, np.ndarray], process_index: int,
-               process_count: int, seed: int, shuffle: bool):
+               process_count: int, seed: int, shuffle: bool, repeat: bool):
     self.tokenizer, self._rows = tokenizer, rows
     self.num_rows, self.seq_len = rows['tokens'].shape
     self._process_index, self._process_count = process_index, process_count
-    self._seed, self._shuffle = seed, shuffle
+    self._seed, self._shuffle, self._repeat = seed, shuffle, repeat
     self._perms: dict[int, np.ndarray] = {}
 
   def _permutation(self, epoch: int) -> np.ndarray:
@@ -138,6 +141,8 @@ class LocalDataset:
       raise ValueError(f'step {step} < 0')
     local = _rows_per_process(global_batch_size, self._process_count)
     stream_B = step * global_batch_size + self._process_index * local + np.arange(local)
+    if not self._repeat and (step + 1) * global_batch_size > self.num_rows:
+      raise ValueError(f'batch {step} of {global_batch_size} rows is past the {self.num_rows} rows of the split')
     epoch_B, offset_B = np.divmod(stream_B, self.num_rows)
     index_B = offset_B.copy()
     if self._shuffle:

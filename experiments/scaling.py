@@ -1,11 +1,12 @@
 """`--mode=scaling` (an isoFLOP sweep of training runs, then the fit) and `--mode=fit` (the fit of a points CSV).
 
-The sweep trains every width in `scaling.d_models` at every budget C in `scaling.flops`. The width/depth rule
-(`model_for`): num_layers = max(1, round(d_model / aspect_ratio)), num_heads = num_kv_heads = d_model / head_dim,
-d_ff = round(ffn_ratio * d_model); so N grows about as d_model^3 and every size keeps the same shape. Each run trains
-on D = C / flops_per_token tokens (train.flops: 6N plus attention, counted as the trainer counts it), rounded up
-to whole steps, with its own cosine schedule over exactly those steps (Chinchilla's point: a schedule longer than
-the run overstates its loss).
+The sweep trains, at every budget C in `scaling.flops`, the widths of `scaling.d_models` whose size lies in a window
+around N_c = centre_coefficient * C^centre_exponent (`plan`), so that each isoFLOP curve brackets its minimum. The
+width/depth rule (`model_for`): num_layers = max(1, round(d_model / aspect_ratio)), num_heads = num_kv_heads =
+d_model / head_dim, d_ff = round(ffn_ratio * d_model); so N grows about as d_model^3 and every size keeps the same
+shape. Each run trains on D = C / flops_per_token tokens (train.flops: 6N plus the attention the path executes, as
+the trainer counts it), rounded up to whole steps, with its own cosine schedule over exactly those steps
+(Chinchilla's point: a schedule longer than the run overstates its loss).
 
 Layout under WORKDIR/scaling/: runs/<run id>/ (an ordinary train workdir plus config.json, and result.json once
 finished; a run with result.json is skipped, an unfinished one resumes from its checkpoint), points.csv and
@@ -77,26 +78,44 @@ def _run_id(C: float, model: ModelConfig) -> str:
   return f'C{C:.3g}_d{model.d_model}_L{model.num_layers}'.replace('+', '')
 
 
-def plan(config: Config) -> list[PlannedRun]:
-  """Every run of the sweep, budget by budget, smallest width first; each run config is validated here."""
+def plan(runtime: 'Runtime', config: Config) -> list[PlannedRun]:
+  """Every run of the sweep, budget by budget, smallest width first; each run config is validated here.
+
+  With `scaling.window` a budget C trains the widths whose N lies within a factor `window` of
+  N_c = centre_coefficient * C^centre_exponent (fewer than 3 is an error: no parabola); with 0, every width.
+  D = C / executed FLOPs per token (the trainer's count), rounded up to whole steps; fewer than
+  `scaling.min_steps` steps is an error.
+  """
   import jax
 
   from configs.validate import validate
 
-  t, data = config.train, config.data
+  s, t, data = config.scaling, config.train, config.data
   tokens_per_step = t.batch_size * data.seq_len
   runs = []
-  for C in config.scaling.flops:
-    for d_model in config.scaling.d_models:
-      sized = config.override(_shape(config.scaling, d_model))
-      steps = math.ceil(C / flops_lib.train_flops_per_token(sized) / tokens_per_step)
-      cfg = sized.override({'train.steps': steps, 'train.warmup_steps': round(config.scaling.warmup_fraction * steps),
-                            'train.eval_every': 0, 'train.log_every': min(t.log_every, steps),
-                            'checkpoint.every_steps': steps, 'checkpoint.keep': 1})
+  for C in s.flops:
+    centre = s.centre_coefficient * C ** s.centre_exponent
+    sized = [config.override(_shape(s, d_model)) for d_model in s.d_models]
+    counts = [flops_lib.count_params(c.model) for c in sized]
+    if s.window:
+      chosen = [(c, n) for c, n in zip(sized, counts) if centre / s.window <= n['total'] <= centre * s.window]
+      if len(chosen) < 3:
+        raise ConfigError('scaling.window', s.window,
+                          f'at C={C:.3g} only {len(chosen)} of scaling.d_models have N within x{s.window:g} of '
+                          f'N_c={centre:.3g}; an isoFLOP parabola needs 3: add widths or widen the window')
+    else:
+      chosen = list(zip(sized, counts))
+    for cfg, n in chosen:
+      steps = math.ceil(C / runtime.executed_flops_per_token(cfg) / tokens_per_step)
+      if steps < s.min_steps:
+        raise ConfigError('scaling.flops', tuple(s.flops), f'at C={C:.3g} width {cfg.model.d_model} trains {steps} '
+                          f'steps < scaling.min_steps={s.min_steps}; raise the budget or lower train.batch_size')
+      cfg = cfg.override({'train.steps': steps, 'train.warmup_steps': round(s.warmup_fraction * steps),
+                          'train.eval_every': 0, 'train.log_every': min(t.log_every, steps),
+                          'checkpoint.every_steps': steps, 'checkpoint.keep': 1})
       validate(cfg, jax.device_count())
-      counts = flops_lib.count_params(cfg.model)
-      runs.append(PlannedRun(run=_run_id(C, cfg.model), C=float(C), config=cfg, N=counts['total'],
-                             N_non_embedding=counts['non_embedding'], steps=steps, tokens=steps * tokens_per_step))
+      runs.append(PlannedRun(run=_run_id(C, cfg.model), C=float(C), config=cfg, N=n['total'],
+                             N_non_embedding=n['non_embedding'], steps=steps, tokens=steps * tokens_per_step))
   return runs
 
 
@@ -180,7 +199,7 @@ def _write_points(runs: list[PlannedRun], losses: list[float], out: pathlib.Path
 
 def sweep(runtime: 'Runtime', config: Config, workdir: str) -> dict | None:
   """`--mode=scaling`: train (or skip) every run, write points.csv, then fit; returns fit.json's content or None."""
-  runs = plan(config)
+  runs = plan(runtime, config)
   out = pathlib.Path(workdir) / 'scaling'
   is_main = runtime.is_main
   losses = []
@@ -241,7 +260,8 @@ def summary(result: dict, out_dir: pathlib.Path) -> str:
   """fit.json as a table beside Chinchilla's published values, then the predictions."""
   level = f'{100 * result["ci_level"]:.0f}% interval' if result['bootstrap'] else 'interval (no bootstrap)'
   dropped = f'; {result["bootstrap_diverged"]} diverged refits dropped' if result['bootstrap_diverged'] else ''
-  lines = [f'Approach 3 on {result["num_runs"]} runs (L = E + A/N^alpha + B/D^beta; N_opt ~ C^a, D_opt ~ C^b){dropped}:',
+  lines = [f'Approach 3 on {result["num_runs"]} runs (L = E + A/N^alpha + B/D^beta; N_opt ~ C^a, D_opt ~ C^b)'
+           f'{dropped}:',
            f'  {"":8s} {"fit":>10s}  {level:26s} {"Chinchilla":>10s}']
   for name in ('E', 'A', 'B', 'alpha', 'beta', 'a', 'b'):
     lines.append(f'  {name:8s} {result[name]:10.4g}  {_ci(result[name + "_ci"]):26s} {CHINCHILLA[name]:10.4g}')

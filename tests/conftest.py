@@ -38,6 +38,27 @@ def small_run_flags(corpus, tmp_path_factory) -> list[str]:
           '--config.train.eval_batches=2', '--config.checkpoint.every_steps=3']
 
 
+def config_of(flags: list[str]):
+  """The typed Config that main.py builds from these flags (a --config= preset and --config.x.y= overrides)."""
+  import ast
+  import importlib
+
+  preset = next((f.split('=', 1)[1] for f in flags if f.startswith('--config=')), 'configs/default.py')
+  c = importlib.import_module(preset.removesuffix('.py').replace('/', '.')).get_config()
+  for flag in flags:
+    if flag.startswith('--config.'):
+      key, text = flag.removeprefix('--config.').split('=', 1)
+      *path, last = key.split('.')
+      node = c
+      for part in path:
+        node = node[part]
+      try:
+        node[last] = ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        node[last] = text
+  return typed(c)
+
+
 def typed(config):
   """The typed Config of an ml_collections config, as main.py builds it."""
   from configs.sections import Config

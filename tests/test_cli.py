@@ -22,7 +22,9 @@ def test_train_resume_eval_estimate(small_run_flags, tmp_path):
   assert [r['step'] for r in train_rows] == [2, 3, 4, 6]
   assert [r['step'] for r in eval_rows] == [0, 3, 6]
   assert {'perf/tokens_per_sec', 'train/grad_norm', 'train/lr'} <= set(train_rows[0])
-  assert {'eval/perplexity', 'eval/accuracy', 'eval/bits_per_byte'} <= set(eval_rows[0])
+  assert {'eval/perplexity', 'eval/accuracy', 'eval/bits_per_byte', 'eval/loss_by_position/1'} <= set(eval_rows[0])
+  assert (workdir / 'loss_by_position.png').read_bytes()[:4] == b'\x89PNG'
+
   assert json.loads((workdir / 'config.json').read_text())['train']['steps'] == 6
   assert sorted(p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()) == ['3', '6']
   assert list(workdir.glob('events.out.tfevents.*'))
@@ -60,6 +62,7 @@ def test_ring_attention_trains_evaluates_and_probes(small_run_flags, tmp_path):
     ('--config.objective=diffusion', 'objective'),
     ('--config.model.d_model=-8', 'model.d_model'),
     ('--config.model.nonsense=1', 'config.model.nonsense'),
+    ('--config.train.eval_batches=10000', 'train.eval_batches'),  # more than the validation split holds
 ])
 def test_bad_input_is_one_line_and_exit_2(small_run_flags, tmp_path, flag, key):
   (tmp_path / 'empty').mkdir()

@@ -1,87 +1,130 @@
-"""--mode=compare end to end (every file, rerun skips), the budget split, and one-line errors for bad input."""
+"""--mode=compare end to end (every file, rerun skips), budgets that count the work each path does, power-law fits,
+and one-line errors for bad input."""
 
 import json
 
+import jax
+import jax.numpy as jnp
 import matplotlib.image
+import numpy as np
 import pytest
 
 from configs import compare as compare_preset
-from configs import default
 from configs.errors import ConfigError
-from configs.validate import validate
-from experiments import compare
-from train import probes
-from tests.conftest import run_main, typed
+from configs.sections import parse_variants
+from experiments import compare, power_law
+from models.attention import blockwise
+from tests.conftest import config_of, run_main, typed
+from train import flops, objectives, probes
+from train.runtime import MEASURED_STEPS, Runtime
 
-OBJECTIVES = ('causal', 'prefix_lm', 'masked_lm')
+VARIANTS = ('causal', 'prefix_lm', 'masked_lm')
 
 
 def test_compare_writes_every_file_and_rerun_skips(small_run_flags, tmp_path):
-  flags = [*small_run_flags, '--mode=compare', f'--workdir={tmp_path}', '--config.train.steps=4',
-           '--config.train.eval_every=2', '--config.checkpoint.every_steps=2']
+  """3 variants x 2 budgets (3 and 6 steps of the small model)."""
+  small = config_of(small_run_flags)
+  per_step = small.train.batch_size * small.data.seq_len * flops.flops_per_token(small.model, small.data.seq_len)
+  flags = [*small_run_flags, '--mode=compare', f'--workdir={tmp_path}', '--config.train.eval_every=2',
+           '--config.checkpoint.every_steps=2', f'--config.compare.flops_budgets=({3.5 * per_step},{6.5 * per_step})']
   out = run_main(*flags).stdout
   root = tmp_path / 'compare'
   results = json.loads((root / 'results.json').read_text())
-  assert list(results['objectives']) == list(OBJECTIVES)
-  for name, r in results['objectives'].items():
-    assert r['steps'] == 4 and r['training_flops'] == pytest.approx(results['flops_budget'])
-    assert {'eval/loss', 'eval/accuracy'} | {f'probe/{p}/{m}' for p in probes.READINGS
-                                             for m in ('loss', 'perplexity', 'accuracy', 'bits_per_byte')} <= set(r)
-    assert [c['step'] for c in r['curve']] == [0, 2, 4]
-    assert (root / name / 'metrics.jsonl').exists() and (root / name / 'config.json').exists()
-  table = (root / 'results.md').read_text()
-  for name in OBJECTIVES:
-    assert table.count(f'| {name} | 4 |') == 2  # one row in the loss table, one in the accuracy table
-    assert f'| {name} | 4 |' in out
-  assert len((root / 'results.csv').read_text().splitlines()) == 1 + len(OBJECTIVES)
+  assert results['variants'] == list(VARIANTS) and results['baseline'] == 'causal'
+  assert sorted({(r['variant'], r['steps']) for r in results['runs']}) == sorted(
+      (v, s) for v in VARIANTS for s in (3, 6))
+  for r in results['runs']:
+    assert r['training_flops'] <= r['budget'] < r['training_flops'] + r['training_flops'] / r['steps']
+    assert r['training_flops'] == pytest.approx(r['model_flops'])  # vanilla executes the model FLOPs
+    assert {'eval/loss'} | {f'probe/{p}/bits_per_byte' for p in probes.READINGS} <= set(r)
+    assert [c['step'] for c in r['curve']] == [0, 2] + ([4, 6] if r['steps'] == 6 else [3])
+    assert r['run'].startswith(f'{r["variant"]}/C') and (root / r['run'] / 'metrics.jsonl').exists()
   for reading in probes.READINGS:
+    assert set(results['fits'][reading]) == set(VARIANTS)
+    assert results['fits'][reading]['causal']['crosses_baseline_at'] is None
     png = root / f'probe_{reading}.png'
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and matplotlib.image.imread(png).shape[2] == 4
+  table = (root / 'results.md').read_text()
+  assert table.count('| masked_lm |') == 2 + len(probes.READINGS) and '| masked_lm |' in out
+  assert len((root / 'results.csv').read_text().splitlines()) == 1 + 2 * len(VARIANTS)
 
   out = run_main(*flags).stdout
-  assert out.count('finished, skipping') == 3 and 'starting step' not in out
+  assert out.count('finished, skipping') == 6 and 'starting step' not in out
   assert json.loads((root / 'results.json').read_text()) == results
 
   proc = run_main(*flags, '--config.train.learning_rate=1e-3', check=False)
   assert proc.returncode == 2 and 'error: --workdir=' in proc.stderr and 'train.learning_rate' in proc.stderr
 
 
-@pytest.mark.parametrize('value', ["('causal','bert')", '()'])
-def test_bad_objectives_is_one_line_and_exit_2(small_run_flags, tmp_path, value):
-  proc = run_main(*small_run_flags, '--mode=compare', f'--workdir={tmp_path}', f'--config.compare.objectives={value}',
+@pytest.mark.parametrize('value', ['causal: objective=bert', '', 'a: objective=causal; a: objective=masked_lm',
+                                   'wide: model.d_modl=256', 'm: mesh.data=2'])
+def test_bad_variants_are_one_line_and_exit_2(small_run_flags, tmp_path, value):
+  proc = run_main(*small_run_flags, '--mode=compare', f'--workdir={tmp_path}', f'--config.compare.variants={value}',
                   check=False)
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
-  assert len(lines) == 1 and lines[0].startswith('error: compare.objectives='), proc.stderr[-2000:]
+  assert len(lines) == 1 and lines[0].startswith('error: compare.variants='), proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr
 
 
-def test_budget_buys_causal_more_steps_only_where_it_skips_blocks():
-  c = compare_preset.get_config()
-  validate(typed(c), 1)
-  budget, plans = compare.make_plans(typed(c))
-  assert [p.steps for p in plans] == [c.train.steps] * 3
-  assert budget == pytest.approx(c.train.steps * c.train.batch_size * c.data.seq_len * plans[0].flops_per_token)
+def test_variants_parse_into_typed_overrides():
+  assert parse_variants('causal: objective=causal; wide: model.d_model=256 train.learning_rate=1e-3 '
+                        'model.tie_embeddings=False') == (
+      ('causal', (('objective', 'causal'),)),
+      ('wide', (('model.d_model', 256), ('train.learning_rate', 1e-3), ('model.tie_embeddings', False))))
 
-  c = default.get_config()
-  c.train.steps = 100
 
-  c.model.attention = 'blockwise'
-  budget, plans = compare.make_plans(typed(c))
-  steps = {p.objective: p.steps for p in plans}
-  assert steps['prefix_lm'] == steps['masked_lm'] == 100 and steps['causal'] > 100
+def test_budgets_count_the_block_pairs_each_variant_computes(small_run_flags):
+  """Blockwise attention at 256 tokens in 64-blocks: each variant is credited the keys its kernel visits on its own
+  batches (counted here by the kernel's own visited-pair counter, steps 0..7 with the training noise), so causal runs
+  the most steps for a budget, masked LM the fewest, and vanilla credits every variant the full square."""
+  config = config_of([*small_run_flags, '--config.data.seq_len=256', '--config.model.attention=blockwise',
+                       '--config.model.q_block=64', '--config.model.kv_block=64'])
+  runtime = Runtime(config, jax.devices()[:1])
+  keys = {}
+  for name, cfg in compare.variant_configs(config).items():
+    spec, data, visited = runtime.spec(cfg), runtime.data(cfg.data, cfg.seed), []
+    for step in range(MEASURED_STEPS):
+      batch = {k: jnp.asarray(v) for k, v in data.train.batch(step, 4).items()}
+      mask = objectives.get(cfg.objective)(batch, jax.random.fold_in(jax.random.PRNGKey(cfg.seed), step), spec).mask
+      qkv = [jnp.zeros((4, 256, 1, 4))] * 3
+      visited.append(int(blockwise.forward_chunk(*blockwise.to_internal(*qkv), mask, mask, 64, 64)[2]))
+    keys[name] = np.mean(visited) * 64 * 64 / 256
+    assert runtime.attended_keys(cfg) == pytest.approx(keys[name], rel=1e-12), name
+  assert keys['causal'] < keys['prefix_lm'] < keys['masked_lm'] <= 256
+  budget = 40 * runtime.executed_flops_per_token(config) * 4 * 256
+  plans = compare.make_plans(runtime, config.override({'compare.flops_budgets': (budget,)}), '/tmp/unused')
+  steps = {p.variant: p.steps for p in plans}
+  assert steps['causal'] == 40 and steps['causal'] > steps['prefix_lm'] > steps['masked_lm']
   assert all(p.training_flops <= budget < p.training_flops + p.flops_per_step for p in plans)
+  vanilla = config.override({'model.attention': 'vanilla'})
+  assert {runtime.attended_keys(cfg) for cfg in compare.variant_configs(vanilla).values()} == {256.0}
+
+
+def test_power_law_fit_and_crossing():
+  """Exact power laws are recovered; two of them cross where A1 C^-a1 = A2 C^-a2; with noise the t-interval of
+  the exponent covers the truth."""
+  C = np.geomspace(1e12, 1e14, 4)
+  fast, slow = power_law.fit(C, 50 * C ** -0.1), power_law.fit(C, 20 * C ** -0.06)
+  assert (fast.A, fast.alpha) == pytest.approx((50, 0.1), rel=1e-9) and fast.alpha_ci == pytest.approx((0.1, 0.1))
+  cross = power_law.crossing(fast, slow)
+  assert fast(cross) == pytest.approx(slow(cross), rel=1e-9) and 1e9 < cross < 1e10
+  noisy = power_law.fit(C, 50 * C ** -0.1 * np.exp(np.array([0.01, -0.01, 0.012, -0.008])))
+  assert noisy.alpha_ci[0] < 0.1 < noisy.alpha_ci[1] and noisy.alpha_ci[1] - noisy.alpha_ci[0] < 0.05
+  assert power_law.fit(C[:2], 50 * C[:2] ** -0.1).alpha_ci is None
+  assert power_law.crossing(fast, fast) is None
 
 
 @pytest.mark.parametrize('key, value', [
-    ('compare.objectives', ('causal', 'causal')),
-    ('compare.flops_budget', -1.0),
-    ('compare.flops_budget', 1.0),  # less than one step
+    ('compare.flops_budgets', ()),
+    ('compare.flops_budgets', (-1.0,)),
+    ('compare.flops_budgets', (1.0,)),  # less than one step
     ('train.eval_probes', False),
 ])
 def test_bad_plan_names_the_key(key, value):
-  c = default.get_config()
+  c = compare_preset.get_config()
   section, name = key.split('.')
   c[section][name] = value
   with pytest.raises(ConfigError, match=f'^{key}='):
-    compare.make_plans(typed(c))
+    config = typed(c)
+    compare.make_plans(Runtime(config, jax.devices()[:1]), config, '/tmp/unused')

@@ -248,15 +248,25 @@ def test_process_shards_are_disjoint_and_make_the_global_batch(config, process_c
   assert len({bytes(row) for p in parts for row in p['tokens']}) == 8
 
 
-def test_eval_batches_are_fixed_and_in_order(config):
+def test_eval_batches_are_a_fixed_sample_spread_over_the_split(config):
+  """Evaluation reads one seeded permutation of the validation rows: the same batches every time and for every
+  run's seed, together covering the split once, the first few already spread over it; no wrap past its end."""
   ds = make_dataset(config, 'validation')
   in_order = make_dataset(config, 'validation', shuffle=False).batch(0, ds.num_rows)['tokens']
-  np.testing.assert_array_equal(ds.batch(1, 2)['tokens'], in_order[2:4])
+  row_of = {bytes(row): i for i, row in enumerate(in_order)}
+  B = 2
+  batches = [ds.batch(i, B)['tokens'] for i in range(ds.num_rows // B)]
+  read = [row_of[bytes(row)] for batch in batches for row in batch]
+  assert len(set(read)) == len(read) == ds.num_rows // B * B  # each row at most once, all of them read
+  first = read[:len(read) // 4]
+  assert max(first) > ds.num_rows / 2 and min(first) < ds.num_rows / 2  # not a prefix in path order
   config.seed = 5
   try:
-    np.testing.assert_array_equal(make_dataset(config, 'validation').batch(1, 2)['tokens'], in_order[2:4])
+    np.testing.assert_array_equal(make_dataset(config, 'validation').batch(1, B)['tokens'], batches[1])
   finally:
     config.seed = 0
+  with pytest.raises(ValueError, match='past the'):
+    ds.batch(ds.num_rows // B, B)
 
 
 def test_packed_split_holds_every_document_token_once_in_order(config, spm_tokenizer):

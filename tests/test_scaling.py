@@ -13,6 +13,7 @@ from configs.errors import ConfigError
 from experiments import scaling
 from tests.conftest import run_main, typed
 from train import flops
+from train.runtime import Runtime
 
 PLOTS = ('isoflop.png', 'allocation.png', 'frontier.png')
 
@@ -20,9 +21,16 @@ PLOTS = ('isoflop.png', 'allocation.png', 'frontier.png')
 def test_width_depth_rule_and_plan():
   c = typed(scaling_preset.get_config())
   model = scaling.model_for(c, 96)
-  assert (model.d_model, model.num_layers, model.num_heads, model.num_kv_heads, model.d_ff) == (96, 4, 4, 4, 288)
-  runs = scaling.plan(c)
-  assert len(runs) == len(c.scaling.flops) * len(c.scaling.d_models) >= 15
+  assert (model.d_model, model.num_layers, model.num_heads, model.num_kv_heads, model.d_ff) == (96, 4, 12, 12, 288)
+  runs = scaling.plan(Runtime(c), c)
+  assert {r.C for r in runs} == set(c.scaling.flops) and len(c.scaling.flops) >= 4
+  assert max(c.scaling.flops) / min(c.scaling.flops) >= 30
+  for C in c.scaling.flops:  # each budget's window: 3+ sizes within 4x of N_c = 0.06 C^0.5, 200+ steps each
+    sizes = [r.N for r in runs if r.C == C]
+    centre = c.scaling.centre_coefficient * C ** c.scaling.centre_exponent
+    assert len(sizes) >= 3 and all(centre / 4 <= n <= 4 * centre for n in sizes)
+    assert min(sizes) < centre < max(sizes)
+  assert min(r.steps for r in runs) >= 200
   tokens_per_step = c.train.batch_size * c.data.seq_len
   for run in runs:
     fpt = flops.flops_per_token(run.config.model, c.data.seq_len)
@@ -33,8 +41,17 @@ def test_width_depth_rule_and_plan():
   assert len({r.run for r in runs}) == len(runs)
 
 
+@pytest.mark.parametrize('overrides, key', [({'scaling.window': 1.2}, 'scaling.window'),  # < 3 sizes per budget
+                                           ({'scaling.flops': (3e10,)}, 'scaling.flops')])  # < 200 steps
+def test_sweeps_that_cannot_bracket_or_train_are_refused_before_training(overrides, key):
+  c = typed(scaling_preset.get_config()).override(overrides)
+  with pytest.raises(ConfigError, match=f'^{key}='):
+    scaling.plan(Runtime(c), c)
+
+
 @pytest.mark.parametrize('key, value', [
-    ('flops', ()), ('flops', (1e12, -1.0)), ('d_models', (64, 64)), ('d_models', (64, 72)), ('head_dim', 15),
+    ('flops', ()), ('flops', (1e12, -1.0)), ('d_models', (64, 64)), ('d_models', (64, 76)), ('head_dim', 15),
+    ('window', 0.5), ('min_steps', 0),
     ('aspect_ratio', 0), ('warmup_fraction', 1.0), ('bootstrap', -1), ('predict_flops', ('1e20',)),
 ])
 def test_bad_scaling_keys(key, value):
@@ -81,9 +98,7 @@ def test_sweep_end_to_end_then_resume(corpus, tmp_path):
 
   # A finished run is not reused under settings that change its loss.
   micro.data.text_dir, micro.train.batch_size = str(corpus), 8  # 8: divisible by this process's 8 fake devices
-  from train.runtime import Runtime
-
-  run = scaling.plan(typed(micro))[0]
+  run = scaling.plan(Runtime(typed(micro)), typed(micro))[0]
   with pytest.raises(ConfigError, match=r"^--workdir=.*train.batch_size was 4, now 8"):
     scaling._train_or_load(Runtime(typed(micro)), run, out / 'runs' / run.run)
 

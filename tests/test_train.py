@@ -211,3 +211,24 @@ def test_processes_that_built_other_data_stop_with_a_config_error():
   with pytest.raises(ConfigError, match=r'processes \[1, 3\] built other tokenizers') as err:
     runtime_lib.raise_unless_equal(cache_dir, np.array([7, 8, 7, 9]))
   assert err.value.key == 'data.cache_dir'
+
+
+def test_loss_by_position_on_a_batch_whose_losses_are_known():
+  """Logits are c_s on the target and 0 elsewhere, so the NLL of a token is log(e^c_s + V - 1) - c_s, set per
+  query position; each bucket's mean loss (context of 1, 2-3, 4-7 tokens) is the mean of those, whole or chunked."""
+  batch = {k: jnp.asarray(v) for k, v in packed_batch().items()}
+  mb = objectives.get('causal')(batch, jax.random.PRNGKey(0), SPEC)
+  c_BS = jnp.broadcast_to(jnp.linspace(-2.0, 6.0, S), (B, S))
+  h_BSV = c_BS[..., None] * jax.nn.one_hot(mb.targets, V)
+  nll_BS = np.log(np.exp(np.asarray(c_BS)) + V - 1) - np.asarray(c_BS)
+  pos_BS, w_BS = np.asarray(mb.mask.positions), np.asarray(mb.weights)
+  for block in (None, 4):
+    sums = loss_lib.loss_sums(h_BSV, jnp.eye(V), mb.targets, mb.weights, jnp.ones(V, jnp.int32), block=block,
+                              positions_BS=mb.mask.positions)
+    got = step_lib.summarize(jax.device_get(sums), 'eval')
+    for first in (1, 2, 4):  # positions 0, 1-2, 3-6 (documents of 6 and 7 tokens; the last of each is not scored)
+      in_bucket = (pos_BS + 1 >= first) & (pos_BS + 1 < 2 * first) & (w_BS > 0)
+      want = (nll_BS * in_bucket).sum() / in_bucket.sum()
+      assert got[f'eval/loss_by_position/{first}'] == pytest.approx(want, rel=1e-5), (block, first)
+    assert 'eval/loss_by_position/8' not in got  # no scored token has 8 tokens of context
+    assert got['eval/loss'] == pytest.approx((nll_BS * w_BS).sum() / w_BS.sum(), rel=1e-5)

@@ -137,3 +137,26 @@ def attention_work(segment_ids_BS: np.ndarray, positions_BS: np.ndarray, bidirec
   return AttentionWork(seq_len=S, q_block=_effective(q_block, S), kv_block=_effective(kv_block, S),
                        pairs=int(pairs_QJ.sum()), total_pairs=pairs_QJ.size,
                        visible=float(visible_keys(segment_ids_BS, positions_BS, bidirectional_BS).mean()))
+
+
+def path_pairs(attention: str, segment_ids_BS: np.ndarray, positions_BS: np.ndarray, bidirectional_BS: np.ndarray,
+               q_block: int, kv_block: int, ring_size: int = 1) -> tuple[np.ndarray, int, int]:
+  """(pairs computed [NQ, NJ] bool, q block, kv block) of `attention` on the batch's (objective-made) mask.
+
+  vanilla: the whole grid at blocks of S. blockwise: `blockwise_pairs`. ring: the ring lays the sequence out in
+  zig-zag order and each device runs the blockwise rule on its chunk against every visiting block, at the ring's
+  block sizes; that is the blockwise rule on the zig-zag-ordered arrays. Judged over these rows (the kernel judges
+  over a device's rows, which can skip more when the batch is also split over data).
+  """
+  from models.attention import ring  # jax: imported only where a run measures its work
+
+  S = np.shape(segment_ids_BS)[1]
+  if attention == 'vanilla':
+    return np.ones((1, 1), bool), S, S
+  if attention == 'ring':
+    q_block, kv_block = ring.block_sizes(S // ring_size, q_block, kv_block)
+    order = ring.zigzag_permutation(S, ring_size)
+    segment_ids_BS, positions_BS, bidirectional_BS = (np.asarray(a)[:, order]
+                                                      for a in (segment_ids_BS, positions_BS, bidirectional_BS))
+  pairs_QJ = blockwise_pairs(segment_ids_BS, positions_BS, bidirectional_BS, q_block, kv_block)
+  return pairs_QJ, _effective(q_block, S), _effective(kv_block, S)

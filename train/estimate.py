@@ -22,9 +22,11 @@ def _bytes_per_device(tree) -> int:
 def estimate(run: Run) -> dict[str, float]:
   """Compiles the run's train step for its mesh and writes WORKDIR/estimate.json.
 
-  `memory_per_device_bytes` is what XLA allocates on the largest device: arguments (its shards of params,
-  optimizer state and the batch) plus temporaries (activations kept for the backward pass, gradients, workspace).
-  The params and optimizer entries break the arguments down; activations are the temporaries.
+  `flops_per_token` is PaLM's model count (every query meets all S keys); a training run also reports what its
+  attention path executes, which needs its data. `memory_per_device_bytes` is what XLA allocates on the largest
+  device: arguments (its shards of params, optimizer state and the batch) plus temporaries (activations kept for
+  the backward pass, gradients, workspace). The params and optimizer entries break the arguments down; activations
+  are the temporaries.
   """
   config, setup, mesh = run.config, run.setup, run.runtime.mesh
   with run.runtime.active():
@@ -39,7 +41,7 @@ def estimate(run: Run) -> dict[str, float]:
   result = {
       'params': counts['total'],
       'params_non_embedding': counts['non_embedding'],
-      'flops_per_token': flops_lib.train_flops_per_token(config),
+      'flops_per_token': run.model_flops_per_token,
       'memory_per_device_bytes': int(memory.argument_size_in_bytes + memory.temp_size_in_bytes),
       'memory_params_per_device_bytes': _bytes_per_device(setup.abstract['params']),
       'memory_optimizer_per_device_bytes': _bytes_per_device(setup.abstract['opt_state']),

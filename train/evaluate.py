@@ -1,6 +1,7 @@
 """Evaluation: the objective's own validation loss and the shared probes, during training and for `--mode=eval`."""
 
 import jax
+import numpy as np
 
 from configs.errors import ConfigError
 from sharding import rules
@@ -37,10 +38,10 @@ def evaluate(run: Run, params, eval_step, probe_step=None) -> dict[str, float]:
     batch = run.runtime.global_batch(run.data.eval.batch(i, cfg.train.batch_size))
     rng = jax.random.fold_in(jax.random.PRNGKey(cfg.seed + 1), i)
     sums = jax.device_get(eval_step(params, batch, rng))
-    total = {k: total.get(k, 0.0) + float(v) for k, v in sums.items()}
+    total = {k: total.get(k, 0.0) + np.asarray(v, np.float64) for k, v in sums.items()}
     if probe_step is not None:
       sums = jax.device_get(probe_step(params, batch, rng))
-      probe_total = {k: probe_total.get(k, 0.0) + float(v) for k, v in sums.items()}
+      probe_total = {k: probe_total.get(k, 0.0) + np.asarray(v, np.float64) for k, v in sums.items()}
   result = step_lib.summarize(total, 'eval')
   if probe_total:
     result |= probes.summarize(probe_total)

@@ -7,12 +7,16 @@ Dims: S sequence, D d_model, H query heads, K kv heads, E head dim, F d_ff, V vo
 
 Two counts of training FLOPs per token:
 - `flops_per_token`: matmuls only, 6 FLOPs per weight per token (2 forward, 4 backward) plus the attention
-  score/value matmuls. This is the PaLM/MFU convention and the lecture's C = 6ND(1 + s/6d).
+  score/value matmuls over `keys` keys per query. With every query meeting all S keys (the default) this is the
+  PaLM convention of *model* FLOPs, the same for every attention path, which `perf/mfu` uses, and the lecture's
+  C = 6ND(1 + s/6d). With the keys an attention path actually computes (train/block_pairs.py: all S for vanilla,
+  the block pairs it does not skip for blockwise and ring, measured on the run's batches) it is the *executed*
+  count that compute budgets (compare, scaling) and `perf/mfu_executed` use.
 - `chinchilla_flops_per_token`: the itemised count of Hoffmann et al. (2022), Appendix F, which also counts the
   embedding lookup as a matmul and the softmax.
 """
 
-from configs.sections import Config, ModelConfig
+from configs.sections import ModelConfig
 
 
 def _block_matmul_params(m: ModelConfig) -> int:
@@ -34,30 +38,28 @@ def count_params(m: ModelConfig) -> dict[str, int]:
   return dict(total=embedding + non_embedding, non_embedding=non_embedding, embedding=embedding)
 
 
-def flops_per_token(m: ModelConfig, seq_len: int, causal_skip: bool = False) -> float:
+def flops_per_token(m: ModelConfig, seq_len: int, keys: float | None = None) -> float:
   """Training (forward + backward) FLOPs per token: 6 N + attention, counting multiply-adds as 2 FLOPs.
 
   N = L * (D*H*E + 2*D*K*E + H*E*D + 3*D*F) + D*V: every matmul weight, including the LM head (the head matmul runs
   whether or not it is tied to the embedding; the embedding lookup is a gather and costs nothing). Each weight costs
   2 FLOPs per token forward and 4 backward (gradients of the input and of the weight), hence 6 N.
 
-  Attention, per layer and per query token, forward: q.k over S keys for each of H heads is 2*S*H*E, and the
-  probability-weighted sum of S values is another 2*S*H*E, so 4*S*H*E. GQA does not change it (every query head
-  still meets S keys). Backward is twice forward, so training adds 12*L*S*H*E per token. With `causal_skip`, blocks
-  entirely above the diagonal are skipped and a query meets S/2 keys on average, halving it to 6*L*S*H*E (the
-  diagonal blocks' extra work is ignored). The default (no skip) is the PaLM convention for MFU and the seed's.
+  Attention, per layer and per query token, forward: q.k over `keys` keys (default S) for each of H heads is
+  2*keys*H*E, and the probability-weighted sum of as many values is another 2*keys*H*E. GQA does not change it
+  (every query head still meets every key). Backward is twice forward, so training adds 12*L*keys*H*E per token.
+  keys = S is the PaLM convention for MFU and the seed's; a path that skips hidden blocks executes fewer.
 
   Relation to the lecture's C = 6ND(1 + s/6d): with H*E = d, K = H and F = 8d/3 (SwiGLU with the parameters of a
   4d GELU MLP) the blocks hold exactly N_b = 12*L*d^2 matmul weights, and 12*L*s*d = 6*N_b * s/(6d), so
   flops_per_token - 6*d*V = 6*N_b*(1 + s/6d) exactly: the seed's form with N = non-embedding N_b, plus the head.
-  With `causal_skip` it becomes 6*N_b*(1 + s/12d).
   """
   matmul_params = m.num_layers * _block_matmul_params(m) + m.d_model * m.vocab_size
-  attention = 3 * m.num_layers * 4 * seq_len * m.num_heads * m.head_dim
-  return float(6 * matmul_params + (attention / 2 if causal_skip else attention))
+  attention = 3 * m.num_layers * 4 * (seq_len if keys is None else keys) * m.num_heads * m.head_dim
+  return float(6 * matmul_params + attention)
 
 
-def chinchilla_flops_per_token(m: ModelConfig, seq_len: int, causal_skip: bool = False) -> float:
+def chinchilla_flops_per_token(m: ModelConfig, seq_len: int, keys: float | None = None) -> float:
   """Training FLOPs per token itemised as in Chinchilla, Appendix F; backward = 2 x forward.
 
   Forward FLOPs per sequence of length S (Chinchilla's terms, adapted: k and v projections use K heads for GQA, and
@@ -71,22 +73,15 @@ def chinchilla_flops_per_token(m: ModelConfig, seq_len: int, causal_skip: bool =
       final linear              2*S*H*E*D
     per layer, dense block      2*S*3*D*F
     final logits                2*S*D*V
-  `causal_skip` halves the three S*S terms, as in `flops_per_token`. Unlike it, this counts the embedding and the
-  softmax, so it is a few percent higher; the paper reports both counts agree closely with 6ND.
+  The three S*S terms take S * keys with `keys` keys per query, as in `flops_per_token`. Unlike it, this counts the
+  embedding and the softmax, so it is a few percent higher; the paper reports both counts agree closely with 6ND.
   """
   S, D, H, K, E, F, V, L = (seq_len, m.d_model, m.num_heads, m.num_kv_heads, m.head_dim, m.d_ff, m.vocab_size,
                              m.num_layers)
-  quadratic = 2 * S * S * H * E + 3 * H * S * S + 2 * S * S * H * E
-  if causal_skip:
-    quadratic /= 2
+  T = S if keys is None else keys
+  quadratic = 2 * S * T * H * E + 3 * H * S * T + 2 * S * T * H * E
   attention = 2 * S * D * (H + 2 * K) * E + quadratic + 2 * S * H * E * D
   dense = 2 * S * 3 * D * F
   forward = 2 * S * V * D + L * (attention + dense) + 2 * S * D * V
   return float(3 * forward / S)
 
-
-def train_flops_per_token(config: Config) -> float:
-  """What a run of `config` is credited per token (MFU, compare budgets, sweeps): blockwise and ring attention skip
-  the blocks above the diagonal, which only a causal mask hides."""
-  skip = config.objective == 'causal' and config.model.attention != 'vanilla'
-  return flops_per_token(config.model, config.data.seq_len, causal_skip=skip)

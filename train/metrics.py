@@ -11,20 +11,24 @@ import time
 import jax
 import tensorboardX
 
-# Dense bf16 peak FLOP/s per chip, by `device_kind` prefix (vendor datasheets), for MFU.
+# Dense matmul peak FLOP/s per chip by `device_kind` prefix (vendor datasheets, no sparsity), for MFU: bfloat16, and
+# float32 as the chip runs it at JAX's default precision: TF32 tensor cores on NVIDIA, bfloat16 passes on TPU.
 PEAK_FLOPS = {
-    'NVIDIA H100': 989e12, 'NVIDIA H200': 989e12, 'NVIDIA A100': 312e12,
-    'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v5p': 459e12, 'TPU v5': 459e12,
-    'TPU v6 lite': 918e12, 'TPU v6e': 918e12,
+    'NVIDIA H100': {'bfloat16': 989e12, 'float32': 494e12}, 'NVIDIA H200': {'bfloat16': 989e12, 'float32': 494e12},
+    'NVIDIA A100': {'bfloat16': 312e12, 'float32': 156e12},
+    'TPU v4': {'bfloat16': 275e12, 'float32': 275e12}, 'TPU v5 lite': {'bfloat16': 197e12, 'float32': 197e12},
+    'TPU v5e': {'bfloat16': 197e12, 'float32': 197e12}, 'TPU v5p': {'bfloat16': 459e12, 'float32': 459e12},
+    'TPU v5': {'bfloat16': 459e12, 'float32': 459e12}, 'TPU v6 lite': {'bfloat16': 918e12, 'float32': 918e12},
+    'TPU v6e': {'bfloat16': 918e12, 'float32': 918e12},
 }
 
 
-def peak_flops_per_device(configured: float) -> float | None:
-  """The configured peak, else the table's entry for this device kind, else None (no MFU reported)."""
+def peak_flops_per_device(configured: float, dtype: str) -> float | None:
+  """The configured peak, else the table's for this device kind and compute dtype, else None (no MFU reported)."""
   if configured > 0:
     return configured
   kind = jax.devices()[0].device_kind
-  return next((v for k, v in PEAK_FLOPS.items() if kind.startswith(k)), None)
+  return next((v[dtype] for k, v in PEAK_FLOPS.items() if kind.startswith(k)), None)
 
 
 class MetricsWriter:
@@ -75,3 +79,28 @@ class Progress:
     eta = (time.time() - self._t0) / max(done, 1) * (self.total - step)
     print(f'step {step}/{self.total}  loss {loss:.4f}  {tokens_per_sec:,.0f} tok/s  ETA {eta / 60:.1f} min{extra}',
           file=sys.stdout, flush=True)
+
+
+def loss_by_position(metrics: dict[str, float], prefix: str = 'eval') -> dict[int, float]:
+  """{first context length of the bucket: mean loss} from a row of `{prefix}/loss_by_position/{first}` metrics."""
+  head = f'{prefix}/loss_by_position/'
+  return dict(sorted((int(k.removeprefix(head)), v) for k, v in metrics.items() if k.startswith(head)))
+
+
+def plot_loss_by_position(series: dict[str, dict[int, float]], path: str, title: str) -> None:
+  """Loss against tokens of context (log x), a line per named series: how much a longer context helps."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  fig = Figure(figsize=(6.5, 4.5), dpi=100)
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
+  for name, points in series.items():
+    ax.plot(list(points), list(points.values()), marker='o', ms=3, label=name)
+  ax.set(xscale='log', xlabel='tokens of context (bucket 2^k .. 2^(k+1) - 1)', ylabel='validation loss (nats/token)',
+         title=title)
+  ax.xaxis.set_major_formatter('{x:g}')
+  ax.grid(alpha=0.3, which='both')
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path)

@@ -11,10 +11,12 @@ checkpointer. train, eval, sample and estimate each take a Run; the studies make
 import contextlib
 import dataclasses
 import hashlib
+import math
 import os
 from collections.abc import Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -23,9 +25,14 @@ from configs.sections import Config, DataConfig
 from data import tokenizers
 from sharding import rules
 from sharding.mesh import build_mesh
+from train import block_pairs
 from train import checkpoint as checkpoint_lib
+from train import flops as flops_lib
+from train import objectives
 from train import state as state_lib
 from train.objectives import ObjectiveSpec
+
+MEASURED_STEPS = 8  # training batches whose masks set a run's executed attention FLOPs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +56,7 @@ class Runtime:
     self.process_index, self.process_count = jax.process_index(), jax.process_count()
     self.is_main = self.process_index == 0
     self._data: dict[tuple[DataConfig, int], Data] = {}
+    self._attended_keys: dict[tuple, float] = {}
 
   @contextlib.contextmanager
   def active(self) -> Iterator[None]:
@@ -74,6 +82,42 @@ class Runtime:
       self._data[key] = data
     return self._data[key]
 
+  def attended_keys(self, config: Config) -> float:
+    """Keys per query the attention path of `config` computes, on average: S for vanilla; for blockwise and ring
+    the block pairs they do not skip, counted on the objective's masks of training steps 0..MEASURED_STEPS-1 (the
+    rows and noise training uses), each step's pairs ORed over processes so all count the global batch."""
+    m, S = config.model, config.data.seq_len
+    if m.attention == 'vanilla':
+      return float(S)
+    key = (config.data, config.seed, config.objective, config.objectives, config.train.batch_size, m.attention,
+           m.q_block, m.kv_block)
+    if key not in self._attended_keys:
+      ring_size = math.prod(self.mesh.shape[a] for a in rules.mesh_axes('length', self.rules))
+      data, spec = self.data(config.data, config.seed), self.spec(config)
+      make_batch, rng = objectives.get(config.objective), jax.random.PRNGKey(config.seed)  # the trainer's step keys
+      keys = []
+      for step in range(MEASURED_STEPS):
+        local = {k: jnp.asarray(v) for k, v in data.train.batch(step, config.train.batch_size).items()}
+        mask = make_batch(local, jax.random.fold_in(rng, step), spec).mask
+        pairs_QJ, q_block, kv_block = block_pairs.path_pairs(
+            m.attention, *(np.asarray(a) for a in (mask.segment_ids, mask.positions, mask.bidirectional)),
+            m.q_block, m.kv_block, ring_size)
+        if self.process_count > 1:
+          pairs_QJ = np.asarray(multihost_utils.process_allgather(pairs_QJ)).any(axis=0)
+        keys.append(pairs_QJ.sum() * q_block * kv_block / S)
+      self._attended_keys[key] = float(np.mean(keys))
+    return self._attended_keys[key]
+
+  def executed_flops_per_token(self, config: Config) -> float:
+    """Training FLOPs per token the attention path of `config` executes (`attended_keys`): what budgets count."""
+    return flops_lib.flops_per_token(config.model, config.data.seq_len, keys=self.attended_keys(config))
+
+  def spec(self, config: Config) -> ObjectiveSpec:
+    """The objective's settings with the ids of `config`'s tokenizer."""
+    tok = self.data(config.data, config.seed).tokenizer
+    return ObjectiveSpec.from_config(config.objectives, vocab_size=config.data.vocab_size, pad_id=tok.pad_id,
+                                     mask_id=tok.mask_id, num_special=tokenizers.NUM_SPECIAL)
+
   def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """This process's rows -> global arrays laid out by the rules' `batch` and `length`."""
     sharding = rules.named(self.mesh, ('batch', 'length'), self.rules)
@@ -85,9 +129,15 @@ class Runtime:
       raise ConfigError('mesh', config.to_dict()['mesh'], 'every run of one command shares the command\'s mesh; '
                         'run the other mesh as its own command')
     data = self.data(config.data, config.seed) if with_data else None
-    tok = data.tokenizer if data else tokenizers.Tokenizer  # the class holds the ids every tokenizer shares
-    spec = ObjectiveSpec.from_config(config.objectives, vocab_size=config.data.vocab_size, pad_id=tok.pad_id,
-                                     mask_id=tok.mask_id, num_special=tokenizers.NUM_SPECIAL)
+    rows, t = data and data.eval.num_rows, config.train
+    if rows is not None and t.eval_batches * t.batch_size > rows:
+      raise ConfigError('train.eval_batches', t.eval_batches,
+                        f'the validation split has {rows} rows: at most {rows // t.batch_size} batches of '
+                        f'train.batch_size={t.batch_size}; lower it or hold out more (data.validation_percent)')
+    tok = tokenizers.Tokenizer  # the class holds the ids every tokenizer shares (estimate opens no data)
+    spec = self.spec(config) if with_data else ObjectiveSpec.from_config(
+        config.objectives, vocab_size=config.data.vocab_size, pad_id=tok.pad_id, mask_id=tok.mask_id,
+        num_special=tokenizers.NUM_SPECIAL)
     setup = state_lib.build(config, self.mesh)
     return Run(runtime=self, config=config, workdir=workdir, setup=setup, spec=spec, data=data)
 
@@ -112,6 +162,20 @@ class Run:
 
   def checkpointer(self) -> checkpoint_lib.Checkpointer:
     return checkpoint_lib.Checkpointer(os.path.join(self.workdir, 'checkpoints'), self.config)
+
+  @property
+  def attended_keys(self) -> float:
+    return self.runtime.attended_keys(self.config)
+
+  @property
+  def model_flops_per_token(self) -> float:
+    """PaLM's model FLOPs per training token (every query meets all S keys): the same for every attention path."""
+    return flops_lib.flops_per_token(self.config.model, self.config.data.seq_len)
+
+  @property
+  def executed_flops_per_token(self) -> float:
+    """Training FLOPs per token the run's attention path executes (`attended_keys`): what compute budgets count."""
+    return self.runtime.executed_flops_per_token(self.config)
 
 
 def check_processes_agree(cache_dir: str, data_digest: str) -> None:

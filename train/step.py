@@ -25,7 +25,8 @@ def _loss_sums(setup: StateSetup, params, mb: ModelBatch, token_bytes_V: jax.Arr
   cfg = setup.model_cfg
   model = params_lib.apply(cfg, params)
   h_BSD = model.hidden(mb.inputs, mb.mask)
-  return loss_lib.loss_sums(h_BSD, model.head_weights_DV(), mb.targets, mb.weights, token_bytes_V, cfg.ffn_chunk)
+  return loss_lib.loss_sums(h_BSD, model.head_weights_DV(), mb.targets, mb.weights, token_bytes_V, cfg.ffn_chunk,
+                            positions_BS=mb.mask.positions)
 
 
 def ring_layout(mb: ModelBatch, mesh: Mesh) -> ModelBatch:
@@ -106,10 +107,17 @@ def make_eval_step(setup: StateSetup, mesh: Mesh, objective: str, spec: Objectiv
                  out_shardings=rules.replicated(mesh))
 
 
-def summarize(sums: dict[str, float], prefix: str) -> dict[str, float]:
-  """Loss sums -> mean loss (nats/token), perplexity, accuracy and bits per UTF-8 byte."""
-  weight = max(sums['weight'], 1.0)
-  loss = sums['loss'] / weight
-  return {f'{prefix}/loss': loss, f'{prefix}/perplexity': math.exp(min(loss, 50.0)),
-          f'{prefix}/accuracy': sums['correct'] / weight,
-          f'{prefix}/bits_per_byte': sums['loss'] / math.log(2) / max(sums['bytes'], 1.0)}
+def summarize(sums: dict, prefix: str) -> dict[str, float]:
+  """Loss sums -> mean loss (nats/token), perplexity, accuracy and bits per UTF-8 byte; with position sums, the
+  mean loss of each position bucket that holds scored tokens, as `{prefix}/loss_by_position/{first}` (the bucket of
+  predictions from first..2*first-1 tokens of context, train/loss.py)."""
+  weight = max(float(sums['weight']), 1.0)
+  loss = float(sums['loss']) / weight
+  out = {f'{prefix}/loss': loss, f'{prefix}/perplexity': math.exp(min(loss, 50.0)),
+         f'{prefix}/accuracy': float(sums['correct']) / weight,
+         f'{prefix}/bits_per_byte': float(sums['loss']) / math.log(2) / max(float(sums['bytes']), 1.0)}
+  if 'position_loss' in sums:
+    for b, (total, count) in enumerate(zip(sums['position_loss'], sums['position_weight'])):
+      if count > 0:
+        out[f'{prefix}/loss_by_position/{2 ** b}'] = float(total) / float(count)
+  return out

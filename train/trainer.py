@@ -5,6 +5,7 @@ exactly what an uninterrupted one does.
 """
 
 import math
+import os
 import signal
 import time
 
@@ -13,12 +14,11 @@ from jax.experimental import multihost_utils
 
 from configs.errors import TrainingDiverged
 from train import checkpoint as checkpoint_lib
-from train import flops as flops_lib
 from train import optimizer as optimizer_lib
 from train import params as params_lib
 from train import step as step_lib
 from train.evaluate import evaluate, make_eval_step, make_probe_step
-from train.metrics import MetricsWriter, Progress, peak_flops_per_device
+from train.metrics import MetricsWriter, Progress, loss_by_position, peak_flops_per_device, plot_loss_by_position
 from train.runtime import Run
 
 
@@ -83,13 +83,18 @@ def _train_loop(run: Run, ckpt: checkpoint_lib.Checkpointer, preemption: Preempt
   if is_main:
     print(f'{"resuming at" if start else "starting"} step {start}/{t.steps}: '
           f'{params_lib.count(state["params"]):,} params, mesh {dict(run.runtime.mesh.shape)}', flush=True)
+    if cfg.model.attention != 'vanilla':
+      S = cfg.data.seq_len
+      print(f'{cfg.model.attention} attention computes {run.attended_keys:.1f} of {S} keys per query '
+            f'({run.attended_keys / S:.0%} of the square) on this run\'s batches: {run.executed_flops_per_token:.4g} '
+            f'executed vs {run.model_flops_per_token:.4g} model FLOPs per token', flush=True)
     entropy = run.data.eval.unigram_entropy()
     if entropy is not None:
       print(f'validation unigram entropy {entropy:.4f} nats/token (the loss of a model that ignores context)',
             flush=True)
   tokens_per_step = t.batch_size * cfg.data.seq_len
-  peak = peak_flops_per_device(t.peak_flops_per_device)
-  fpt = flops_lib.train_flops_per_token(cfg)
+  peak = peak_flops_per_device(t.peak_flops_per_device, cfg.model.dtype)
+  model_fpt, executed_fpt = run.model_flops_per_token, run.executed_flops_per_token
   last_eval: dict[str, float] = {}
   if start == 0 and t.eval_every:  # the untrained baseline, so curves start where training starts
     writer.write(0, evaluate(run, state['params'], eval_step, probe_step))
@@ -109,15 +114,20 @@ def _train_loop(run: Run, ckpt: checkpoint_lib.Checkpointer, preemption: Preempt
       tps = tokens_per_step * (done - tick_step) / max(now - tick, 1e-9)
       tick, tick_step = now, done
       metrics['perf/tokens_per_sec'] = tps
-      if peak:
-        metrics['perf/mfu'] = tps * fpt / (peak * jax.device_count())
+      if peak:  # model FLOPs (PaLM), the same whatever the attention path; and what the path executed
+        metrics['perf/mfu'] = tps * model_fpt / (peak * jax.device_count())
+        metrics['perf/mfu_executed'] = tps * executed_fpt / (peak * jax.device_count())
       writer.write(done, metrics)
       progress.line(done, metrics['train/loss'], tps)
     if (t.eval_every and done % t.eval_every == 0) or is_last:
       last_eval = evaluate(run, state['params'], eval_step, probe_step)
       writer.write(done, last_eval)
       if is_main:
-        print('  ' + '  '.join(f'{k} {v:.4f}' for k, v in last_eval.items() if k.startswith('eval/')), flush=True)
+        print('  ' + '  '.join(f'{k} {v:.4f}' for k, v in last_eval.items()
+                               if k.startswith('eval/') and '/loss_by_position/' not in k), flush=True)
+        if is_last:
+          plot_loss_by_position({f'step {done}': loss_by_position(last_eval)},
+                                os.path.join(run.workdir, 'loss_by_position.png'), 'validation loss by position')
       tick = time.time()
     if saving:
       ckpt.save(done, state, force=True)
