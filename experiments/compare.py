@@ -159,17 +159,25 @@ def run(runtime: Runtime, config: Config, workdir: str) -> dict:
   return results
 
 
-def _eval_rows(run_dir: str) -> list[dict]:
+def _metric_rows(run_dir: str) -> list[dict]:
   with open(os.path.join(run_dir, 'metrics.jsonl')) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  return [r for r in rows if 'eval/loss' in r]
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _speed_and_granularity(rows: list[dict], final: dict) -> dict:
+  """Median training tokens/s over the logged steps, and bytes per token of the validation text, which the causal
+  probe's two units give: (nats per token / ln 2) / (bits per byte); the same for every reading of a tokenizer."""
+  speeds = sorted(r['perf/tokens_per_sec'] for r in rows if 'perf/tokens_per_sec' in r)
+  loss, bpb = final['probe/suffix_causal/loss'], final[f'probe/suffix_causal/{METRIC}']
+  return {'tokens_per_sec': speeds[len(speeds) // 2] if speeds else None, 'bytes_per_token': loss / math.log(2) / bpb}
 
 
 def collect(plans: list[Plan], variants: list[str], root: str) -> dict:
   """Per run: steps, FLOPs, its final evaluation and the eval curve; per variant and probe: the power-law fit."""
   runs = []
   for p in plans:
-    rows = _eval_rows(p.run.workdir)
+    logged = _metric_rows(p.run.workdir)
+    rows = [r for r in logged if 'eval/loss' in r]
     final = next((r for r in reversed(rows) if r['step'] == p.steps), None)
     if final is None:
       raise ConfigError('--workdir', p.run.workdir, f'its metrics.jsonl has no evaluation at step {p.steps}; delete '
@@ -178,6 +186,7 @@ def collect(plans: list[Plan], variants: list[str], root: str) -> dict:
                  'steps': p.steps,
                  'tokens': p.steps * p.run.config.train.batch_size * p.run.config.data.seq_len,
                  'training_flops': p.training_flops, 'model_flops': p.steps * p.model_flops_per_step,
+                 **_speed_and_granularity(logged, final),
                  **{k: v for k, v in final.items() if k != 'step'},
                  'curve': [{'step': r['step'], 'training_flops': r['step'] * p.flops_per_step,
                             **{k: v for k, v in r.items() if k.endswith(('/loss', f'/{METRIC}'))}} for r in rows]})
@@ -210,7 +219,7 @@ def _ahead(results: dict, reading: str, budget: float) -> str:
 
 def markdown(results: dict) -> str:
   """Bits per byte of every probe per run (best per budget in bold), then the fits and crossings per probe."""
-  head = ['variant', 'budget', 'steps', 'executed FLOPs', *READINGS]
+  head = ['variant', 'budget', 'steps', 'executed FLOPs', 'bytes/token', 'tokens/s', *READINGS]
   lines = [f'Probe bits per byte (lower is better; bold: best at that budget). Baseline: {results["baseline"]}.', '',
            '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for budget in results['budgets']:
@@ -218,8 +227,9 @@ def markdown(results: dict) -> str:
     for r in (r for r in results['runs'] if r['budget'] == budget):
       cells = [f'{r[f"probe/{q}/{METRIC}"]:.4f}' for q in READINGS]
       cells = [f'**{c}**' if best[q] == r['variant'] else c for c, q in zip(cells, READINGS)]
+      speed = '-' if r['tokens_per_sec'] is None else f'{r["tokens_per_sec"]:,.0f}'
       lines.append(f'| {r["variant"]} | {budget:.3g} | {r["steps"]} | {r["training_flops"]:.3g} | '
-                   + ' | '.join(cells) + ' |')
+                   f'{r["bytes_per_token"]:.2f} | {speed} | ' + ' | '.join(cells) + ' |')
   lines += ['', 'Power laws L(C) = A C^-alpha of each probe\'s bits per byte over the budgets (95% t-interval of alpha '
             'with 3+ budgets); crossing: the compute at which the variant\'s law meets the baseline\'s.', '',
             '| probe | variant | alpha | 95% interval | ahead at | crosses baseline at |', '|---|---|---|---|---|---|']

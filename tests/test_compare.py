@@ -39,6 +39,7 @@ def test_compare_writes_every_file_and_rerun_skips(small_run_flags, tmp_path):
     assert {'eval/loss'} | {f'probe/{p}/bits_per_byte' for p in probes.READINGS} <= set(r)
     assert [c['step'] for c in r['curve']] == [0, 2] + ([4, 6] if r['steps'] == 6 else [3])
     assert r['run'].startswith(f'{r["variant"]}/C') and (root / r['run'] / 'metrics.jsonl').exists()
+    assert r['tokens_per_sec'] > 0 and 1 < r['bytes_per_token'] < 8  # a 512-piece BPE on Python source
   for reading in probes.READINGS:
     assert set(results['fits'][reading]) == set(VARIANTS)
     assert results['fits'][reading]['causal']['crosses_baseline_at'] is None
@@ -54,6 +55,22 @@ def test_compare_writes_every_file_and_rerun_skips(small_run_flags, tmp_path):
 
   proc = run_main(*flags, '--config.train.learning_rate=1e-3', check=False)
   assert proc.returncode == 2 and 'error: --workdir=' in proc.stderr and 'train.learning_rate' in proc.stderr
+
+
+def test_tokenizer_preset_end_to_end(small_run_flags, tmp_path):
+  """configs/compare_tokenizers.py's five variants at one budget of a few steps: each tokenizer is trained (or the
+  byte one used), and the results give bits per byte, bytes per token in the order the tokenizers imply, and speed."""
+  flags = ['--config=configs/compare_tokenizers.py', *small_run_flags[1:], '--mode=compare', f'--workdir={tmp_path}',
+           '--config.compare.flops_budgets=(1e10,)', '--config.train.eval_every=100']
+  run_main(*flags)
+  results = json.loads((tmp_path / 'compare' / 'results.json').read_text())
+  runs = {r['variant']: r for r in results['runs']}
+  assert list(runs) == ['bpe', 'unigram', 'word', 'char', 'byte'] and results['baseline'] == 'bpe'
+  per_token = {name: r['bytes_per_token'] for name, r in runs.items()}
+  assert per_token['byte'] <= 1 <= per_token['char'] < min(per_token['bpe'], per_token['unigram'], per_token['word'])
+  assert runs['byte']['steps'] > runs['bpe']['steps']  # its 264-row head costs less per token
+  for r in runs.values():
+    assert r['tokens_per_sec'] > 0 and all(0 < r[f'probe/{q}/bits_per_byte'] < 20 for q in probes.READINGS)
 
 
 @pytest.mark.parametrize('value', ['causal: objective=bert', '', 'a: objective=causal; a: objective=masked_lm',
