@@ -71,3 +71,20 @@ def test_bad_input_is_one_line_and_exit_2(small_run_flags, tmp_path, flag, key):
   lines = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
   assert len(lines) == 1 and lines[0].startswith(f'error: {key}'), proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.parametrize('case, name', [('missing', 'missing.py'), ('syntax', 'syntax.py'), ('no_get_config', 'bare.py'),
+                                        ('workdir', 'a_file'), ('learning_rate', 'train.learning_rate')])
+def test_config_file_and_workdir_errors_are_the_only_line(tmp_path, case, name):
+  """Nothing but the error line is printed (these fail before jax is imported), and nothing is left behind."""
+  (tmp_path / 'syntax.py').write_text('def get_config(:\n')
+  (tmp_path / 'bare.py').write_text('LR = 1e-3\n')
+  (tmp_path / 'a_file').write_text('')
+  config = {'missing': tmp_path / 'missing.py', 'syntax': tmp_path / 'syntax.py',
+            'no_get_config': tmp_path / 'bare.py'}.get(case, 'configs/tiny.py')
+  workdir = tmp_path / 'a_file' / 'run' if case == 'workdir' else tmp_path / 'run'
+  extra = ['--config.train.learning_rate=-0.001'] if case == 'learning_rate' else []
+  proc = run_main(f'--config={config}', f'--workdir={workdir}', *extra, check=False)
+  assert proc.returncode == 2 and not proc.stdout
+  assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith('error: ') and name in proc.stderr, proc.stderr
+  assert not (tmp_path / 'run').exists()
