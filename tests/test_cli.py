@@ -58,6 +58,7 @@ def test_ring_attention_trains_evaluates_and_probes(small_run_flags, tmp_path):
 @pytest.mark.parametrize('flag, key', [
     ('--config.data.text_dir=/nonexistent/ringlm', 'data.text_dir'),
     ('--config.data.text_dir={empty}', 'data.text_dir'),
+    ('--config.data.text_dir={binary}', 'data.text_dir'),  # files match the glob, none is text
     ('--config.model.num_kv_heads=3', 'model.num_kv_heads'),
     ('--config.objective=diffusion', 'objective'),
     ('--config.model.d_model=-8', 'model.d_model'),
@@ -66,7 +67,10 @@ def test_ring_attention_trains_evaluates_and_probes(small_run_flags, tmp_path):
 ])
 def test_bad_input_is_one_line_and_exit_2(small_run_flags, tmp_path, flag, key):
   (tmp_path / 'empty').mkdir()
-  proc = run_main(*small_run_flags, f'--workdir={tmp_path / "run"}', flag.format(empty=tmp_path / 'empty'), check=False)
+  (tmp_path / 'binary').mkdir()
+  (tmp_path / 'binary' / 'photo.txt').write_bytes(b'\x89PNG\r\n\x1a\n\x00\x00')
+  proc = run_main(*small_run_flags, f'--workdir={tmp_path / "run"}',
+                  flag.format(empty=tmp_path / 'empty', binary=tmp_path / 'binary'), check=False)
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
   assert len(lines) == 1 and lines[0].startswith(f'error: {key}'), proc.stderr[-2000:]
