@@ -66,10 +66,12 @@ def test_preempted_two_processes_stop_together_resume_and_match_one(small_run_fl
   multi, single = metrics(workdir), metrics(tmp_path / 'single')
   assert [r['step'] for r in multi] == [r['step'] for r in single]
   assert sorted({r['step'] for r in multi}) == list(range(1, STEPS + 1))
+  # Gloo's reduction order differs from one process's: over 10 steps at lr 1e-2 the gradient norm drifts up to ~6e-5
+  # relative (Adam's sign-like update turns rounding on near-zero gradients into whole steps); losses within 1e-6.
   for m, s in zip(multi, single):
-    for key in ('train/loss', 'train/grad_norm', 'eval/loss'):
+    for key, rel in (('train/loss', 1e-5), ('train/grad_norm', 3e-4), ('eval/loss', 1e-5)):
       if key in s:
-        assert m[key] == pytest.approx(s[key], rel=1e-5), (m['step'], key)
+        assert m[key] == pytest.approx(s[key], rel=rel), (m['step'], key)
 
   out = run_main(*args, f'--workdir={workdir}', '--mode=eval', devices=1).stdout
   assert json.loads(out.strip().splitlines()[-1])['eval/loss'] == pytest.approx(multi[-1]['eval/loss'], rel=1e-5)
