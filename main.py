@@ -6,9 +6,11 @@ Only the flags and the config are handled here; jax, the trainer and the studies
 passed, so a bad config is one line in well under a second, and `--mode=fit` needs neither jax nor TensorFlow.
 """
 
+import ast
 import json
 import os
 import sys
+import tempfile
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -52,7 +54,17 @@ def _write_config(config: Config, workdir: str) -> None:
     json.dump(config.to_dict(), f, indent=2, sort_keys=True)
 
 
+def _check_workdir(workdir: str) -> None:
+  """Creates the workdir and writes a scratch file in it, so a folder that cannot be written is one line up front."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    tempfile.TemporaryFile(dir=workdir).close()
+  except OSError as e:
+    raise ConfigError('--workdir', workdir, f'cannot create or write it ({e.strerror}); choose a writable folder')
+
+
 def _run(config: Config, workdir: str, mode: str) -> None:
+  _check_workdir(workdir)
   if mode == 'fit':  # numpy and scipy only
     from experiments import scaling
 
@@ -121,8 +133,37 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
+def _config_file(argv: list[str]) -> str:
+  """The --config file named in argv (its path, without a ':argument'), or the default."""
+  for i, arg in enumerate(argv):
+    if arg.startswith(('--config=', '-config=')):
+      return arg.split('=', 1)[1].split(':', 1)[0]
+    if arg in ('--config', '-config') and i + 1 < len(argv):
+      return argv[i + 1].split(':', 1)[0]
+  return FLAGS['config'].default.split(':', 1)[0]
+
+
+def _check_config_file(path: str) -> None:
+  """A config file that is missing, does not parse or defines no get_config is one line, not ml-collections'
+  traceback (which it raises only when the config is first read)."""
+  try:
+    with open(path) as f:
+      tree = ast.parse(f.read(), path)
+  except OSError as e:
+    _fail(f'--config={path}: cannot read it ({e.strerror}); presets are in configs/, e.g. configs/tiny.py')
+  except SyntaxError as e:
+    _fail(f'--config={path}: syntax error at line {e.lineno}: {e.msg}; fix the file')
+  defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+  defined |= {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+  defined |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+  if 'get_config' not in defined:
+    _fail(f'--config={path}: it defines no get_config(); a config file returns its ConfigDict from get_config()')
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, with a bad --config.x.y override reported as one line instead of a traceback."""
+  """absl flag parsing, with a bad config file or --config.x.y override reported as one line instead of a
+  traceback."""
+  _check_config_file(_config_file(argv))
   try:
     return FLAGS(argv)
   except flags.Error as e:

@@ -15,6 +15,7 @@ import ast
 import copy
 import dataclasses
 import math
+import os
 import pathlib
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -107,6 +108,51 @@ def positive_numbers(integer: bool = False, example: str = '1e12,3e12,1e13') -> 
       return 'drop the repeated values'
     return None
   return check
+
+
+def _local_path(v: str) -> pathlib.Path | None:
+  """The local path a key names, None for a URL (gs://..., checked where it is opened)."""
+  return None if '://' in v else pathlib.Path(v).expanduser()
+
+
+def folder_or_empty(what: str) -> Check:
+  """'' (unset), a URL, or an existing readable folder; `what` says what belongs there."""
+  def check(v: Any) -> str | None:
+    if not isinstance(v, str):
+      return 'use a string'
+    path = v and _local_path(v)
+    if path and not (path.is_dir() and os.access(path, os.R_OK | os.X_OK)):
+      return f'no readable folder there; point it at {what}, or set \'\' to leave it unset'
+    return None
+  return check
+
+
+def file_or_empty(what: str) -> Check:
+  """'' (unset) or an existing readable file; `what` says what belongs there."""
+  def check(v: Any) -> str | None:
+    if not isinstance(v, str):
+      return 'use a string'
+    path = v and _local_path(v)
+    if path and not (path.is_file() and os.access(path, os.R_OK)):
+      return f'no readable file there; point it at {what}, or set \'\' to leave it unset'
+    return None
+  return check
+
+
+def writable_folder(v: Any) -> str | None:
+  """A folder that exists and is writable, or could be created: its nearest existing ancestor is a writable
+  folder. Checked without creating anything, so a bad config leaves nothing behind."""
+  if not isinstance(v, str) or not v:
+    return 'use a non-empty string'
+  path = _local_path(v)
+  if path is None:
+    return None
+  ancestor = path.absolute()
+  while not ancestor.exists():
+    ancestor = ancestor.parent
+  if not (ancestor.is_dir() and os.access(ancestor, os.W_OK | os.X_OK)):
+    return f'cannot be created or written ({ancestor} is not a writable folder); choose another folder'
+  return None
 
 
 def mesh_axis(v: Any) -> str | None:
@@ -214,12 +260,12 @@ class DataConfig(Section):
   text_dir: str = field(text)
   text_glob: str = field(non_empty_text)
   tfds_name: str = field(text)
-  tfds_data_dir: str = field(text)
+  tfds_data_dir: str = field(folder_or_empty('a tfds data dir (or a gs:// one)'))
   text_key: str = field(non_empty_text)
   train_split: str = field(non_empty_text)
   eval_split: str = field(non_empty_text)
   validation_percent: int = field(int_range(1, 99))
-  cache_dir: str = field(non_empty_text)
+  cache_dir: str = field(writable_folder)
   seq_len: int = field(positive_int)
   tokenizer: str = field(one_of(*TOKENIZERS))
   vocab_size: int = field(positive_int)
@@ -273,7 +319,7 @@ class CheckpointConfig(Section):
   name: ClassVar[str] = 'checkpoint'
   every_steps: int = field(positive_int)
   keep: int = field(positive_int)
-  init_from: str = field(text)
+  init_from: str = field(folder_or_empty("a run's checkpoints/ folder"))
 
 
 def parse_rules(spec: str) -> LogicalRules:
@@ -390,7 +436,7 @@ class ScalingConfig(Section):
   head_dim: int = field(positive_int)
   ffn_ratio: float = field(positive)
   warmup_fraction: float = field(interval(0, 1, open_high=True))
-  points: str = field(text)
+  points: str = field(file_or_empty('a CSV with columns N, D, loss'))
   predict_flops: tuple[float, ...] = field(positive_numbers(example='1e20,1e22'))
   bootstrap: int = field(non_negative_int)
 

@@ -16,6 +16,7 @@ import sys
 import sysconfig
 from collections.abc import Iterator
 
+from configs.errors import ConfigError
 from data import split
 from data.quiet_tf import tfds
 
@@ -40,17 +41,57 @@ def text_dir_files(text_dir: pathlib.Path, text_glob: str) -> list[pathlib.Path]
   return sorted(p for p in text_dir.glob(text_glob) if p.is_file())
 
 
+def read_documents(root: pathlib.Path, files: list[pathlib.Path]) -> tuple[list[tuple[str, str]], dict[str, int]]:
+  """[(path, text), ...] of the files that are UTF-8 text, and how many were skipped for being something else
+  (undecodable, or with NUL bytes: binaries, images, compressed files) or for being blank."""
+  docs, skipped = [], {'not UTF-8 text': 0, 'empty': 0}
+  for file in files:
+    try:
+      text = file.read_bytes().decode('utf-8')
+    except UnicodeDecodeError:
+      text = '\0'
+    if '\0' in text:
+      skipped['not UTF-8 text'] += 1
+    elif not text.strip():
+      skipped['empty'] += 1
+    else:
+      docs.append((file.relative_to(root).as_posix(), text))
+  return docs, skipped
+
+
+def hold_out_tails(docs: list[tuple[str, str]], validation_percent: int) -> dict[str, list[tuple[str, str]]]:
+  """Validation from too few documents to hold out whole ones: the last validation_percent of each document's
+  characters (from the start of a line where one begins there), `path#tail`; train keeps the rest."""
+  out = {'train': [], 'validation': []}
+  for path, text in docs:
+    cut = min(len(text) - 1, len(text) * (100 - validation_percent) // 100)
+    line = text.find('\n', cut, len(text) - 1)
+    cut = line + 1 if line >= 0 else cut
+    out['train'].append((path, text[:cut]))
+    out['validation'].append((f'{path}#tail', text[cut:]))
+  return out
+
+
 def split_documents(root: pathlib.Path, files: list[pathlib.Path],
                     validation_percent: int) -> dict[str, list[tuple[str, str]]]:
-  """{'train': [(path, text), ...], 'validation': [...]}: every file read once (undecodable bytes become U+FFFD,
-  blank files are skipped), split by data.split.assign_splits over all of them, each split in path order."""
-  docs = []
-  for file in files:
-    text = file.read_text(encoding='utf-8', errors='replace')
-    if text.strip():
-      docs.append((file.relative_to(root).as_posix(), text))
+  """{'train': [(path, text), ...], 'validation': [...]}: the files that are UTF-8 text, split by
+  data.split.assign_splits, each split in path order. Too few documents for that to give both splits some: each
+  document's tail is held out instead (`hold_out_tails`). Skipped files and the fallback are reported on stderr
+  (stdout is silenced while tfds builds)."""
+  docs, skipped = read_documents(root, files)
+  skipped_text = ', '.join(f'{n} {why}' for why, n in skipped.items() if n)
+  if not docs:
+    raise ConfigError('data.text_dir', str(root), f'none of its {len(files)} files is a non-empty UTF-8 text file '
+                      f'({skipped_text}); add text files or change data.text_glob')
+  if skipped_text:
+    print(f'{root}: skipped {skipped_text} of {len(files)} files', file=sys.stderr, flush=True)
   sides = split.assign_splits(docs, validation_percent)
-  return {s: sorted(d for d in docs if sides[d[0]] == s) for s in ('train', 'validation')}
+  out = {s: sorted(d for d in docs if sides[d[0]] == s) for s in ('train', 'validation')}
+  if not (out['train'] and out['validation']):
+    print(f'{root}: {len(docs)} documents are too few to hold out whole ones ({validation_percent}%): validation is '
+          f'the last {validation_percent}% of each document, train the rest', file=sys.stderr, flush=True)
+    out = hold_out_tails(sorted(docs), validation_percent)
+  return out
 
 
 class _LocalFilesBuilder(tfds.core.GeneratorBasedBuilder):
@@ -122,9 +163,11 @@ class RinglmTextDir(_LocalFilesBuilder):
   and mtimes, so two folders (or one folder edited) never share built data.
   """
 
-  VERSION = tfds.core.Version('1.1.0')
+  VERSION = tfds.core.Version('1.2.0')
   RELEASE_NOTES = {'1.0.0': 'One document per file matching the glob.',
-                   '1.1.0': 'Split by groups of near-duplicate files (data.split), not by each path alone.'}
+                   '1.1.0': 'Split by groups of near-duplicate files (data.split), not by each path alone.',
+                   '1.2.0': 'Files that are not UTF-8 text, and blank ones, skipped; too few documents to split: '
+                            'each one\'s tail held out for validation.'}
 
   @classmethod
   def for_folder(cls, text_dir: pathlib.Path, text_glob: str, validation_percent: int,

@@ -23,8 +23,9 @@ def mesh_shape(mesh_cfg: MeshConfig, num_devices: int) -> dict[str, int]:
   fixed = int(np.prod([n for n in sizes.values() if n != -1]))
   if free:
     if num_devices % fixed:
-      raise ConfigError(f'mesh.{free[0]}', -1,
-                        f'the other axes multiply to {fixed}, which does not divide the {num_devices} devices')
+      biggest = max((a for a in AXES if a != free[0]), key=lambda a: sizes[a])
+      raise ConfigError(f'mesh.{biggest}', sizes[biggest], f'with mesh.{free[0]}=-1 the other axes multiply to {fixed}, '
+                        f'which does not divide the {num_devices} devices')
     sizes[free[0]] = num_devices // fixed
   elif fixed != num_devices:
     biggest = max(AXES, key=lambda a: sizes[a])

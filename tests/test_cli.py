@@ -58,6 +58,7 @@ def test_ring_attention_trains_evaluates_and_probes(small_run_flags, tmp_path):
 @pytest.mark.parametrize('flag, key', [
     ('--config.data.text_dir=/nonexistent/ringlm', 'data.text_dir'),
     ('--config.data.text_dir={empty}', 'data.text_dir'),
+    ('--config.data.text_dir={binary}', 'data.text_dir'),  # files match the glob, none is text
     ('--config.model.num_kv_heads=3', 'model.num_kv_heads'),
     ('--config.objective=diffusion', 'objective'),
     ('--config.model.d_model=-8', 'model.d_model'),
@@ -66,8 +67,28 @@ def test_ring_attention_trains_evaluates_and_probes(small_run_flags, tmp_path):
 ])
 def test_bad_input_is_one_line_and_exit_2(small_run_flags, tmp_path, flag, key):
   (tmp_path / 'empty').mkdir()
-  proc = run_main(*small_run_flags, f'--workdir={tmp_path / "run"}', flag.format(empty=tmp_path / 'empty'), check=False)
+  (tmp_path / 'binary').mkdir()
+  (tmp_path / 'binary' / 'photo.txt').write_bytes(b'\x89PNG\r\n\x1a\n\x00\x00')
+  proc = run_main(*small_run_flags, f'--workdir={tmp_path / "run"}',
+                  flag.format(empty=tmp_path / 'empty', binary=tmp_path / 'binary'), check=False)
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
   assert len(lines) == 1 and lines[0].startswith(f'error: {key}'), proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.parametrize('case, name', [('missing', 'missing.py'), ('syntax', 'syntax.py'), ('no_get_config', 'bare.py'),
+                                        ('workdir', 'a_file'), ('learning_rate', 'train.learning_rate')])
+def test_config_file_and_workdir_errors_are_the_only_line(tmp_path, case, name):
+  """Nothing but the error line is printed (these fail before jax is imported), and nothing is left behind."""
+  (tmp_path / 'syntax.py').write_text('def get_config(:\n')
+  (tmp_path / 'bare.py').write_text('LR = 1e-3\n')
+  (tmp_path / 'a_file').write_text('')
+  config = {'missing': tmp_path / 'missing.py', 'syntax': tmp_path / 'syntax.py',
+            'no_get_config': tmp_path / 'bare.py'}.get(case, 'configs/tiny.py')
+  workdir = tmp_path / 'a_file' / 'run' if case == 'workdir' else tmp_path / 'run'
+  extra = ['--config.train.learning_rate=-0.001'] if case == 'learning_rate' else []
+  proc = run_main(f'--config={config}', f'--workdir={workdir}', *extra, check=False)
+  assert proc.returncode == 2 and not proc.stdout
+  assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith('error: ') and name in proc.stderr, proc.stderr
+  assert not (tmp_path / 'run').exists()

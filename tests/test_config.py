@@ -98,3 +98,57 @@ def test_ffn_block_must_divide_each_devices_share_of_the_sequence():
   with pytest.raises(ConfigError, match='per-device sequence length 384') as err:
     validate(typed(cfg(**overrides, **{'model.ffn_block': 256})), 2)
   assert err.value.key == 'model.ffn_block'
+
+
+def _keys(tree: dict, prefix: str = '') -> list[str]:
+  """Every dotted key of a user-format config dict."""
+  return [k for name, v in tree.items()
+          for k in (_keys(v, f'{prefix}{name}.') if isinstance(v, dict) else [f'{prefix}{name}'])]
+
+
+# One value outside each key's domain. Every key of configs/default.py must be here (a new key needs its entry).
+OUT_OF_DOMAIN = {
+    'seed': -1, 'objective': 'diffusion',
+    'objectives.mask_rate': 1.0, 'objectives.prefix_min_frac': -0.1, 'objectives.prefix_max_frac': 1.5,
+    'model.num_layers': 0, 'model.d_model': 130, 'model.num_heads': 0, 'model.num_kv_heads': 3, 'model.head_dim': 33,
+    'model.d_ff': -1, 'model.attention': 'sparse', 'model.ffn': 'moe', 'model.q_block': 0, 'model.kv_block': -128,
+    'model.ffn_block': 0, 'model.rope_theta': 0.0, 'model.norm_eps': -1e-6, 'model.init_std': 0.0,
+    'model.tie_embeddings': 'yes', 'model.dtype': 'float16', 'model.remat': 1, 'model.scan_layers': None,
+    'data.text_dir': '/nonexistent/notes', 'data.text_glob': '', 'data.tfds_name': 3,
+    'data.tfds_data_dir': '/nonexistent/tfds', 'data.text_key': '', 'data.train_split': '', 'data.eval_split': '',
+    'data.validation_percent': 0, 'data.cache_dir': '/dev/null/cache', 'data.seq_len': 1,
+    'data.tokenizer': 'wordpiece', 'data.vocab_size': 0, 'data.spm_model_type': 'wordpiece', 'data.spm_max_chars': 0,
+    'train.steps': 0, 'train.batch_size': 12, 'train.grad_accum_steps': 0, 'train.learning_rate': -3e-3,
+    'train.warmup_steps': -1, 'train.end_lr_fraction': 1.5, 'train.weight_decay': -0.1,
+    'train.decay_embeddings_and_norms': 'no', 'train.b1': 1.0, 'train.b2': -0.5, 'train.eps': 0.0,
+    'train.grad_clip': -1.0, 'train.log_every': 0, 'train.eval_every': -1, 'train.eval_batches': 0,
+    'train.eval_probes': 0, 'train.peak_flops_per_device': float('nan'),
+    'checkpoint.every_steps': 0, 'checkpoint.keep': 0, 'checkpoint.init_from': '/nonexistent/checkpoints',
+    'mesh.data': 0, 'mesh.fsdp': 16, 'mesh.tensor': -2, 'mesh.sequence': 2, 'mesh.dcn_data': 0,
+    'mesh.rules': 'embed=pipeline',
+    'sample.prompt': 7, 'sample.max_new_tokens': 0, 'sample.temperature': -0.5, 'sample.top_k': -1,
+    'sample.num_samples': 0,
+    'compare.variants': 'no colon here', 'compare.flops_budgets': (),
+    'scaling.flops': (1e12, -1.0), 'scaling.d_models': (24, 50), 'scaling.window': 0.5,
+    'scaling.centre_coefficient': 0.0, 'scaling.centre_exponent': -0.5, 'scaling.min_steps': 0,
+    'scaling.aspect_ratio': 0, 'scaling.head_dim': 23, 'scaling.ffn_ratio': 0.0, 'scaling.warmup_fraction': 1.0,
+    'scaling.points': '/nonexistent/points.csv', 'scaling.predict_flops': (1e20, 1e20), 'scaling.bootstrap': -1,
+}
+
+
+def test_the_walk_covers_every_key_of_the_default_config():
+  assert sorted(OUT_OF_DOMAIN) == sorted(_keys(default.get_config().to_dict()))
+
+
+@pytest.mark.parametrize('key', sorted(OUT_OF_DOMAIN))
+def test_every_key_outside_its_domain_is_one_line_naming_it(key):
+  """The default config with one key set outside its domain, checked as main.py checks it (8 devices)."""
+  c = default.get_config()
+  node, (*path, last) = c, key.split('.')
+  for part in path:
+    node = node[part]
+  with node.ignore_type():
+    node[last] = OUT_OF_DOMAIN[key]
+  with pytest.raises(ConfigError) as err:
+    validate(typed(c), 8)
+  assert err.value.key == key and '\n' not in str(err.value), str(err.value)

@@ -1,5 +1,6 @@
-"""Sharded training on 8 fake CPU devices: every mesh and attention path gives the single-device vanilla losses
-(float32, 1e-5 relative), and parameter layouts match the checked-in golden table (regenerate it on purpose with
+"""Sharded training on 8 fake CPU devices: every mesh and attention path gives the single-device vanilla losses and
+gradient norms at every step (float32, 1e-5 relative), with no warmup and a learning rate that moves the loss, so a
+wrong gradient shows in the norm at once and in the losses of later steps; and parameter layouts match the checked-in golden table (regenerate it on purpose with
 `python -m tests.test_sharding --regenerate`)."""
 
 import json
@@ -33,6 +34,7 @@ S, B, STEPS = 64, 8, 3
 def config_for(mesh: dict):
   c = tiny.get_config()
   c.data.seq_len, c.train.batch_size = S, B
+  c.train.warmup_steps, c.train.learning_rate = 0, 1e-2  # every step updates (tiny's warmup starts at lr 0)
   c.model.q_block = c.model.kv_block = 16
   c.mesh.data = 1
   for k, v in mesh.items():
@@ -53,7 +55,8 @@ def packed_batches(vocab: int):
     yield {'tokens': tokens, 'segment_ids': seg, 'positions': pos}
 
 
-def train_losses(config, devices) -> list[float]:
+def train_losses(config, devices) -> np.ndarray:
+  """[STEPS, 2]: the loss and the gradient norm of each step."""
   config = typed(config)
   mesh = build_mesh(config.mesh, devices)
   setup = state_lib.build(config, mesh)
@@ -65,8 +68,8 @@ def train_losses(config, devices) -> list[float]:
     losses = []
     for batch in packed_batches(config.data.vocab_size):
       state, metrics = step(state, batch)
-      losses.append(float(metrics['train/loss']))
-  return losses
+      losses.append((float(metrics['train/loss']), float(metrics['train/grad_norm'])))
+  return np.array(losses)
 
 
 def sharding_table(config) -> dict[str, str]:

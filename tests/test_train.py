@@ -190,6 +190,19 @@ def test_checkpoint_of_another_shape_is_a_clear_error(tmp_path):
     checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), typed(bigger)).restore(_setup(bigger, jax.devices()[:1])[1])
 
 
+def test_streamed_data_resumes_only_on_the_process_count_that_wrote_it(tmp_path):
+  """Each process streams its own slice of a catalogue dataset: another count would read other rows, silently."""
+  config = small_config()
+  _, setup = _setup(config, jax.devices()[:1])
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), typed(config), streamed_processes=2)
+  ckpt.save(1, setup.init(), force=True)
+  ckpt.close()
+  assert int(checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), typed(config), 2).restore(setup)['step']) == 0
+  with pytest.raises(ConfigError, match='on 2 processes') as err:
+    checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), typed(config), streamed_processes=1).restore(setup)
+  assert err.value.key == 'processes' and '\n' not in str(err.value)
+
+
 def test_weight_decay_skips_norms_and_embedding_whether_or_not_layers_are_scanned():
   from configs.sections import ModelConfig
   from train import params as params_lib

@@ -32,12 +32,15 @@ def meta_for(config: Config) -> dict:
 class Checkpointer:
   """Save every `checkpoint.every_steps` (async), keep `checkpoint.keep`, restore the latest onto this mesh."""
 
-  def __init__(self, directory: str, config: Config):
+  def __init__(self, directory: str, config: Config, streamed_processes: int | None = None):
+    """streamed_processes: the process count when the training data is streamed (data.tfds_name): each process
+    reads its own slice of it, so a resume on another count would read other data; None for local corpora, whose
+    batches are indexed globally and resume on any count."""
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint.keep, create=True,
                                            enable_async_checkpointing=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
-    self.meta = meta_for(config)
+    self.meta = dict(meta_for(config), streamed_processes=streamed_processes)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -75,6 +78,11 @@ class Checkpointer:
         raise ConfigError(cfg_key, self.meta[key],
                           f'the checkpoint at step {step} in {self.directory} was written with {meta.get(key)!r}; '
                           'use that value or a new --workdir')
+    streamed, now = meta.get('streamed_processes'), self.meta['streamed_processes']
+    if streamed is not None and now is not None and streamed != now:
+      raise ConfigError('processes', now, f'the checkpoint at step {step} in {self.directory} streamed its data '
+                        f'(data.tfds_name) on {streamed} processes, each reading its own slice, so this count would '
+                        f'read other data; resume on {streamed} processes or use a new --workdir')
     defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}  # keys newer than the checkpoint
     stored_model = dict(meta['model'])
     if stored_model.get('head_dim') == 0:  # written when 0 (= d_model / num_heads) was stored unresolved

@@ -33,7 +33,8 @@ def peak_flops_per_device(configured: float, dtype: str) -> float | None:
 
 class MetricsWriter:
   """Appends to metrics.jsonl; on resume it first drops rows past the checkpoint's step, which the resumed run
-  writes again, so each step appears once."""
+  writes again, so each step appears once. TensorBoard's event files cannot be rewritten, so the new one starts
+  with a purge step: TensorBoard drops the earlier files' events from that step on."""
 
   def __init__(self, workdir: str, enabled: bool, resume_step: int | None = None):
     self.enabled = enabled
@@ -47,7 +48,9 @@ class MetricsWriter:
         with open(path, 'w') as f:
           f.writelines(kept)
       self._jsonl = open(path, 'a')
-      self._tb = tensorboardX.SummaryWriter(workdir, flush_secs=30)
+      purge_step = None if resume_step is None else resume_step + 1
+      self._tb = tensorboardX.SummaryWriter(workdir, purge_step=purge_step, flush_secs=30,
+                                            filename_suffix=f'.from_step{resume_step or 0}')  # never reuse a name
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.enabled:

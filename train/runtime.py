@@ -161,7 +161,8 @@ class Run:
     return self.data.tokenizer.token_bytes
 
   def checkpointer(self) -> checkpoint_lib.Checkpointer:
-    return checkpoint_lib.Checkpointer(os.path.join(self.workdir, 'checkpoints'), self.config)
+    streamed = None if self.config.data.local else self.runtime.process_count
+    return checkpoint_lib.Checkpointer(os.path.join(self.workdir, 'checkpoints'), self.config, streamed)
 
   @property
   def attended_keys(self) -> float:

@@ -25,13 +25,16 @@ from train.runtime import Run
 class Preemption:
   """SIGTERM (as a preemptible TPU VM or SLURM sends) or Ctrl-C asks the loop to save and exit after this step.
 
-  A second Ctrl-C interrupts at once. With several processes, JAX's preemption sync point makes them all stop at
-  the same step.
+  A second Ctrl-C interrupts at once. With several processes SIGTERM is left to JAX's preemption notifier (installed
+  by jax.distributed.initialize; a Python handler would replace it): whichever process gets the signal, its sync
+  point makes them all stop at the same step.
   """
 
   def __init__(self):
     self._requested = False
-    self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    self._multiprocess = jax.process_count() > 1
+    signals = (signal.SIGINT,) if self._multiprocess else (signal.SIGTERM, signal.SIGINT)
+    self._previous = {sig: signal.signal(sig, self._handle) for sig in signals}
 
   def _handle(self, signum, frame) -> None:
     del frame
@@ -40,7 +43,7 @@ class Preemption:
       signal.signal(signal.SIGINT, signal.default_int_handler)
 
   def should_stop(self, step: int) -> bool:
-    if jax.process_count() > 1:
+    if self._multiprocess:
       return multihost_utils.reached_preemption_sync_point(step) or self._requested
     return self._requested
 
