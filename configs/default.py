@@ -22,6 +22,9 @@ LOGICAL_RULES = ('batch=data+fsdp,length=sequence,embed=fsdp,heads=tensor,kv_hea
 # --mode=compare's variants: each a name and the config overrides that make it (see experiments/compare.py).
 OBJECTIVE_VARIANTS = 'causal: objective=causal; prefix_lm: objective=prefix_lm; masked_lm: objective=masked_lm'
 
+# ul2's denoisers, one drawn per document: UL2's R (regular spans), S (prefix LM) and X (extreme) settings, equal odds.
+UL2_MIXTURE = 'R:3:0.15=1; R:8:0.15=1; S=1; X:3:0.5=1; X:8:0.5=1; X:64:0.15=1; X:64:0.5=1'
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -34,8 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   o.prefix_max_frac = 1.0  # prefix_lm: upper end of that range (prefix clipped to 1..length-1 tokens)
   o.noise_density = 0.15  # span_corruption: fraction of each document's corrupted tokens that become targets (T5)
   o.mean_span_length = 3.0  # span_corruption: mean length of a corrupted span, each replaced by one sentinel (T5)
-  # ul2: denoisers "mode:mean_span:noise_density=weight" (S=weight: prefix LM split as prefix_lm), one per document
-  o.ul2_mixture = 'R:3:0.15=1; R:8:0.15=1; S=1; X:3:0.5=1; X:8:0.5=1; X:64:0.15=1; X:64:0.5=1'
+  o.ul2_mixture = UL2_MIXTURE  # ul2: "mode:mean_span:noise_density=weight; ..." (S=weight: a prefix_lm split)
 
   c.model = m = ml_collections.ConfigDict()
   m.num_layers = 2  # transformer blocks

@@ -398,24 +398,25 @@ def test_prefix_lm_information_flow_through_the_model():
   np.testing.assert_array_equal(out[:, :18], base[:, :18])
 
 
-@pytest.mark.parametrize('objective', ['prefix_lm', 'masked_lm'])
+@pytest.mark.parametrize('objective', ['prefix_lm', 'masked_lm', 'span_corruption', 'ul2'])
 def test_train_step_lowers_the_objective_loss_on_a_fixed_batch(objective):
-  """Each document repeats one token, so both objectives can learn to copy from context within a few steps."""
+  """Each document repeats one token, so every objective can learn to copy from context within a few steps."""
   B, S, steps = 8, 32, 20
   config = tiny.get_config()
   config.model.num_layers, config.model.d_model, config.model.num_heads, config.model.num_kv_heads = 2, 32, 4, 2
   config.model.d_ff, config.data.vocab_size, config.data.seq_len = 64, V, S
   config.train.batch_size, config.train.steps, config.train.warmup_steps = B, steps, 0
   config.train.learning_rate, config.mesh.data, config.objective = 1e-2, 1, objective
+  config.data.extra_ids = E
   config = typed(config)
   mesh = build_mesh(config.mesh, jax.devices()[:1])
   setup = state_lib.build(config, mesh)
-  spec = ObjectiveSpec.from_config(config.objectives, vocab_size=V, pad_id=0, mask_id=3, num_special=8)
+  spec = ObjectiveSpec.from_config(config.objectives, vocab_size=V, pad_id=0, mask_id=3, num_special=8, extra_ids=E)
   step = step_lib.make_train_step(setup, mesh, objective, spec, np.ones(V, np.int32),
                                   optimizer_lib.learning_rate_schedule(config.train))
   rng = np.random.default_rng(0)
   batch = {k: np.asarray(v) for k, v in packed([(int(a), int(b)) for a, b in rng.integers(5, 16, (B, 2))], S).items()}
-  doc_token = 8 + (rng.integers(0, V - 8, (B, 1)) + 7 * batch['segment_ids']) % (V - 8)
+  doc_token = 8 + (rng.integers(0, V - E - 8, (B, 1)) + 7 * batch['segment_ids']) % (V - E - 8)
   batch['tokens'] = np.where(batch['segment_ids'] != 0, doc_token, 0).astype(np.int32)
   state, losses = setup.init(), []
   for _ in range(steps):
@@ -443,6 +444,37 @@ def test_bad_objective_settings_are_config_errors(key, value):
   with pytest.raises(ConfigError) as err:
     validate(typed(config), 1)
   assert err.value.key == f'objectives.{key}' and '\n' not in str(err.value)
+
+
+@pytest.mark.parametrize('key, value, fix', [
+    ('objectives.noise_density', 0.0, r'\(0, 1\)'),  # no noise
+    ('objectives.noise_density', 1.0, r'\(0, 1\)'),  # no kept inputs
+    ('objectives.mean_span_length', 0.5, r'\[1, inf\)'),
+    ('objectives.ul2_mixture', 'R:3:0.15=1; S=0', 'weights must be positive'),
+    ('objectives.ul2_mixture', 'R:3:0.15=-1', 'weights must be positive'),
+    ('objectives.ul2_mixture', 'X:64:0=1', 'noise_density'),  # no noise
+    ('objectives.ul2_mixture', 'R:3=1', 'cannot read'),
+    ('objectives.ul2_mixture', '', 'cannot read'),
+    ('data.extra_ids', 0, 'needs sentinel ids'),
+])
+def test_bad_span_settings_are_config_errors(key, value, fix):
+  config = tiny.get_config()
+  config.objective, config.data.extra_ids = ('ul2' if 'ul2' in key else 'span_corruption'), 100
+  validate(typed(config), 1)
+  section, name = key.split('.')
+  config[section][name] = value
+  with pytest.raises(ConfigError, match=fix) as err:
+    validate(typed(config), 1)
+  assert err.value.key == key and '\n' not in str(err.value)
+
+
+def test_ul2_of_prefix_lm_alone_needs_no_sentinels():
+  config = tiny.get_config()
+  config.objective, config.objectives.ul2_mixture = 'ul2', 'S=1'
+  validate(typed(config), 1)
+  config.objectives.ul2_mixture = 'S=1; R:3:0.15=1'
+  with pytest.raises(ConfigError, match='needs sentinel ids'):
+    validate(typed(config), 1)
 
 
 @pytest.mark.parametrize('lo, hi, key', [(0.0, 0.0, 'prefix_max_frac'), (1.0, 1.0, 'prefix_min_frac')])
