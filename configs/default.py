@@ -22,7 +22,7 @@ LOGICAL_RULES = ('batch=data+fsdp,length=sequence,embed=fsdp,heads=tensor,kv_hea
 # --mode=compare's variants: each a name and the config overrides that make it (see experiments/compare.py).
 OBJECTIVE_VARIANTS = 'causal: objective=causal; prefix_lm: objective=prefix_lm; masked_lm: objective=masked_lm'
 
-# ul2's denoisers, one drawn per document: UL2's R (regular spans), S (prefix LM) and X (extreme) settings, equal odds.
+# ul2's denoisers, one drawn per document: UL2's R (regular spans), S (prefix LM), X (extreme) settings, equal odds.
 UL2_MIXTURE = 'R:3:0.15=1; R:8:0.15=1; S=1; X:3:0.5=1; X:8:0.5=1; X:64:0.15=1; X:64:0.5=1'
 
 

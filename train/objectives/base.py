@@ -5,7 +5,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from configs.sections import ObjectivesConfig
+from configs.default import UL2_MIXTURE
+from configs.sections import ObjectivesConfig, parse_ul2_mixture
 from data.tokenizers import UL2_MODE_IDS
 from models.attention import AttentionMask
 
@@ -36,7 +37,7 @@ class ObjectiveSpec:
   noise_density: float = 0.15  # span_corruption: share of a document's corrupted tokens that become targets
   mean_span_length: float = 3.0  # span_corruption: mean noise span length
   # ul2: (mode, mean span length, noise density, weight) per denoiser; mode S is a prefix LM (span, density unused)
-  ul2_denoisers: tuple[tuple[str, float, float, float], ...] = (('R', 3.0, 0.15, 1.0),)
+  ul2_denoisers: tuple[tuple[str, float, float, float], ...] = parse_ul2_mixture(UL2_MIXTURE)
   ul2_mode_ids: tuple[tuple[str, int], ...] = tuple(UL2_MODE_IDS.items())  # [R] [S] [X]: reserved ids
 
   @classmethod

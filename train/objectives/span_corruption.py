@@ -1,6 +1,7 @@
 """Span corruption (T5, Raffel et al. 2020) on the decoder: a prefix LM over the corrupted inputs + the targets.
 
-Counts. Each document (segment) of n slots in the row, less `lead` slots for a mode token (UL2; 0 here), gets
+Counts. Each document (segment: a packed piece, bos and eos included) of n slots in the row, less `lead` slots for
+a mode token (UL2; 0 here), gets
   s  = clip(round(d * (n - lead) / (mu + 2 d)), 1, min(data.extra_ids, (n - lead) // 4))  noise spans,
   n' = n - lead - 2 s  source tokens: the document's first n' (its last 2 s tokens are dropped: the fit rule),
   m  = clip(round(d * n'), s, n' - s)  of them noise,
