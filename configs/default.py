@@ -22,16 +22,22 @@ LOGICAL_RULES = ('batch=data+fsdp,length=sequence,embed=fsdp,heads=tensor,kv_hea
 # --mode=compare's variants: each a name and the config overrides that make it (see experiments/compare.py).
 OBJECTIVE_VARIANTS = 'causal: objective=causal; prefix_lm: objective=prefix_lm; masked_lm: objective=masked_lm'
 
+# ul2's denoisers, one drawn per document: UL2's R (regular spans), S (prefix LM), X (extreme) settings, equal odds.
+UL2_MIXTURE = 'R:3:0.15=1; R:8:0.15=1; S=1; X:3:0.5=1; X:8:0.5=1; X:64:0.15=1; X:64:0.5=1'
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0  # seeds params init, data order and objective noise
-  c.objective = 'causal'  # causal | prefix_lm | masked_lm
+  c.objective = 'causal'  # causal | prefix_lm | masked_lm | span_corruption | ul2
 
   c.objectives = o = ml_collections.ConfigDict()
   o.mask_rate = 0.15  # masked_lm: chance that a real token is chosen (then 80% [MASK], 10% random, 10% kept)
   o.prefix_min_frac = 0.0  # prefix_lm: each document's prefix is floor(f * length), f ~ U[min_frac, max_frac]
   o.prefix_max_frac = 1.0  # prefix_lm: upper end of that range (prefix clipped to 1..length-1 tokens)
+  o.noise_density = 0.15  # span_corruption: fraction of each document's corrupted tokens that become targets (T5)
+  o.mean_span_length = 3.0  # span_corruption: mean length of a corrupted span, each replaced by one sentinel (T5)
+  o.ul2_mixture = UL2_MIXTURE  # ul2: "mode:mean_span:noise_density=weight; ..." (S=weight: a prefix_lm split)
 
   c.model = m = ml_collections.ConfigDict()
   m.num_layers = 2  # transformer blocks
@@ -65,9 +71,10 @@ def get_config() -> ml_collections.ConfigDict:
   d.cache_dir = '~/.cache/ringlm'  # built tfds data, tokenizers and packed arrays (reused across runs)
   d.seq_len = 256  # S: tokens per packed row
   d.tokenizer = 'sentencepiece'  # sentencepiece | byte
-  d.vocab_size = 2048  # V: tokenizer vocabulary (byte tokenizer: must be 256 + special ids)
+  d.vocab_size = 2048  # V: tokenizer vocabulary (byte tokenizer: must be 256 + special ids + extra_ids)
   d.spm_model_type = 'bpe'  # bpe | unigram | char | word
   d.spm_max_chars = 20_000_000  # characters of training text fed to sentencepiece training
+  d.extra_ids = 0  # top ids of the vocabulary that text never uses: span_corruption/ul2 sentinels (T5: 100)
 
   c.train = t = ml_collections.ConfigDict()
   t.steps = 1000  # total optimizer steps

@@ -17,6 +17,7 @@ import dataclasses
 import math
 import os
 import pathlib
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -24,7 +25,8 @@ from configs.errors import ConfigError
 
 # Names a key may take, each listed once. The registries that implement them (train/objectives, models/attention)
 # are keyed by these names; tests keep the two equal.
-OBJECTIVES = ('causal', 'prefix_lm', 'masked_lm')
+OBJECTIVES = ('causal', 'prefix_lm', 'masked_lm', 'span_corruption', 'ul2')
+UL2_MODES = ('R', 'S', 'X')  # regular and extreme span corruption, sequential (prefix LM)
 ATTENTION_KINDS = ('vanilla', 'blockwise', 'ring')
 FFN_KINDS = ('standard', 'blockwise')
 DTYPES = ('float32', 'bfloat16')
@@ -188,6 +190,37 @@ class Section:
 # ------------------------------------------------------------------------------------------------ sections
 
 
+def parse_ul2_mixture(text: str) -> tuple[tuple[str, float, float, float], ...]:
+  """'R:3:0.15=1; S=1; X:64:0.5=1' -> ((mode, mean_span, density, weight), ...); S takes no span settings."""
+  out = []
+  for item in text.split(';'):
+    m = re.fullmatch(r'\s*([RX]):([^:=]+):([^:=]+)=(.+?)\s*|\s*(S)=(.+?)\s*', item)
+    if not m:
+      raise ValueError(f'cannot read {item.strip()!r}')
+    if m[5]:
+      out.append(('S', 0.0, 0.0, float(m[6])))
+    else:
+      out.append((m[1], float(m[2]), float(m[3]), float(m[4])))
+  return tuple(out)
+
+
+def ul2_mixture_error(v: Any) -> str | None:
+  """None for a readable mixture of denoisers with valid spans, densities and positive weights, else the fix."""
+  example = 'e.g. "R:3:0.15=1; S=1; X:64:0.5=1" (mode:mean_span:noise_density=weight)'
+  try:
+    denoisers = parse_ul2_mixture(v) if isinstance(v, str) else ()
+  except ValueError as e:
+    return f'{e}; write {example}'
+  if not denoisers:
+    return f'give at least one denoiser, {example}'
+  for mode, span, density, weight in denoisers:
+    if not (math.isfinite(weight) and weight > 0):
+      return f'mixture weights must be positive (got {weight:g} for {mode}); {example}'
+    if mode != 'S' and not (1 <= span < math.inf and 0 < density < 1):
+      return f'{mode} needs mean_span >= 1 and 0 < noise_density < 1 (got {span:g}, {density:g}); {example}'
+  return None
+
+
 @dataclasses.dataclass(frozen=True)
 class ObjectivesConfig(Section):
   """Settings of the objectives (the objective itself is the top-level `objective` key)."""
@@ -196,6 +229,14 @@ class ObjectivesConfig(Section):
   mask_rate: float = field(interval(0, 1, open_low=True, open_high=True))
   prefix_min_frac: float = field(interval(0, 1))
   prefix_max_frac: float = field(interval(0, 1))
+  noise_density: float = field(interval(0, 1, open_low=True, open_high=True))
+  mean_span_length: float = field(interval(1, math.inf, open_high=True))
+  ul2_mixture: str = field(ul2_mixture_error)
+
+  @property
+  def ul2_denoisers(self) -> tuple[tuple[str, float, float, float], ...]:
+    """`ul2_mixture` parsed: (mode, mean span length, noise density, weight) per denoiser; S has span 0, density 0."""
+    return parse_ul2_mixture(self.ul2_mixture)
 
   def _check(self) -> None:
     if self.prefix_min_frac > self.prefix_max_frac:
@@ -271,6 +312,7 @@ class DataConfig(Section):
   vocab_size: int = field(positive_int)
   spm_model_type: str = field(one_of(*SPM_MODEL_TYPES))
   spm_max_chars: int = field(positive_int)
+  extra_ids: int = field(non_negative_int, default=0)
 
   def _check(self) -> None:
     if self.seq_len < 2:

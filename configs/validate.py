@@ -43,8 +43,19 @@ def _check_blocks(config: Config, sizes: dict[str, int], length_axes: tuple[str,
       raise ConfigError(key, block, f'must divide the zig-zag chunk length data.seq_len / (2 * mesh.sequence) = {half}')
 
 
+def _check_sentinels(config: Config) -> None:
+  """Span corruption (and UL2's R and X denoisers) replace each span by a sentinel: the top data.extra_ids ids."""
+  modes = {mode for mode, *_ in config.objectives.ul2_denoisers}
+  needs = config.objective == 'span_corruption' or (config.objective == 'ul2' and modes != {'S'})
+  if needs and config.data.extra_ids < 1:
+    raise ConfigError('data.extra_ids', config.data.extra_ids,
+                      f'objective={config.objective} needs sentinel ids (T5 reserves 100; spans per document are '
+                      'capped at this many); set it, e.g. --config.data.extra_ids=100')
+
+
 def validate(config: Config, num_devices: int) -> None:
   m, d, t = config.model, config.data, config.train
+  _check_sentinels(config)
   tokenizers.check_vocab(d)
   sizes = mesh_shape(config.mesh, num_devices)
   if sizes['data'] % config.mesh.dcn_data:

@@ -1,8 +1,10 @@
 """Tokenizers behind one interface: sentencepiece (trained on the corpus on first use, cached) and raw bytes.
 
 Both put the same special ids first, so objectives and the trainer need not know which one is in use:
-0 pad, 1 bos, 2 eos, 3 mask (masked LM), then spare reserved ids. `token_bytes[i]` is how many UTF-8 bytes id i
-stands for (0 for specials), which turns a summed token loss into bits per byte.
+0 pad, 1 bos, 2 eos, 3 mask (masked LM), then spare reserved ids (UL2's mode tokens [R] [S] [X] are 5, 6, 7). The
+top `data.extra_ids` ids of the vocabulary are never produced either (T5's extra ids: span-corruption sentinels,
+sentinel i = vocab_size - 1 - i); sentencepiece learns vocab_size - extra_ids pieces. `token_bytes[i]` is how many
+UTF-8 bytes id i stands for (0 for specials and extra ids), which turns a summed token loss into bits per byte.
 
 Sentencepiece is trained lossless (no normalisation, spaces and newlines kept, byte fallback), so
 decode(encode(text)) == text for the bpe, unigram and char models. The word model is not: sentencepiece's byte
@@ -25,6 +27,7 @@ from data import cache
 PAD_ID, BOS_ID, EOS_ID, MASK_ID = 0, 1, 2, 3
 NUM_SPECIAL = 8  # ids below this stand for no text: pad, bos, eos, mask, then unk (sentencepiece) or spare
 RESERVED_IDS = (4, 5, 6, 7)  # free for later objectives in the byte tokenizer; sentencepiece puts unk at 4
+UL2_MODE_IDS = {'R': 5, 'S': 6, 'X': 7}  # UL2's mode tokens: reserved ids both tokenizers leave unused
 SPM_MIN_VOCAB = NUM_SPECIAL + 1 + 256 + 1  # specials, newline, the 256 byte-fallback pieces, one learned piece
 _SPM_FORMAT = 1  # bump when the training options below change, so cached models are retrained
 _SPM_CHUNK_CHARS = 2048  # training "sentences" are runs of whole lines about this long
@@ -54,32 +57,38 @@ class Tokenizer(abc.ABC):
 
 
 class ByteTokenizer(Tokenizer):
-  """UTF-8 bytes shifted past the special ids: V = NUM_SPECIAL + 256, lossless on any text, no training."""
+  """UTF-8 bytes shifted past the special ids: V = NUM_SPECIAL + 256 (+ extra ids), lossless on any text."""
 
   vocab_size = NUM_SPECIAL + 256
-  identity = digest = f'byte{vocab_size}'
-  token_bytes = np.concatenate([np.zeros(NUM_SPECIAL, np.int32), np.ones(256, np.int32)])
+
+  def __init__(self, extra_ids: int = 0):
+    self.vocab_size = ByteTokenizer.vocab_size + extra_ids
+    self.identity = self.digest = f'byte{self.vocab_size}'
+    self.token_bytes = np.concatenate([np.zeros(NUM_SPECIAL, np.int32), np.ones(256, np.int32),
+                                       np.zeros(extra_ids, np.int32)])
 
   def encode(self, text: str) -> np.ndarray:
     return np.frombuffer(text.encode('utf-8'), np.uint8).astype(np.int32) + NUM_SPECIAL
 
   def decode(self, ids: Iterable[int]) -> str:
     ids_T = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, np.int64)
-    return bytes((ids_T[ids_T >= NUM_SPECIAL] - NUM_SPECIAL).astype(np.uint8)).decode('utf-8', errors='replace')
+    text_T = ids_T[(ids_T >= NUM_SPECIAL) & (ids_T < ByteTokenizer.vocab_size)]
+    return bytes((text_T - NUM_SPECIAL).astype(np.uint8)).decode('utf-8', errors='replace')
 
 
 class SentencePieceTokenizer(Tokenizer):
   """A trained sentencepiece model; special pieces sit at the shared ids (checked on load)."""
 
-  def __init__(self, model_proto: bytes, identity: str):
+  def __init__(self, model_proto: bytes, identity: str, extra_ids: int = 0):
     self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
     self.identity, self.digest = identity, hashlib.sha256(model_proto).hexdigest()
-    self.vocab_size = self._sp.get_piece_size()
+    self.num_pieces = self._sp.get_piece_size()
+    self.vocab_size = self.num_pieces + extra_ids
     specials = {'<pad>': PAD_ID, '<s>': BOS_ID, '</s>': EOS_ID, '<mask>': MASK_ID}
     for piece, want in specials.items():
       if self._sp.piece_to_id(piece) != want:
         raise ValueError(f'sentencepiece model {identity}: {piece} is id {self._sp.piece_to_id(piece)}, not {want}')
-    self.token_bytes = np.array([self._piece_bytes(i) for i in range(self.vocab_size)], np.int32)
+    self.token_bytes = np.array([self._piece_bytes(i) for i in range(self.num_pieces)] + [0] * extra_ids, np.int32)
 
   def _piece_bytes(self, i: int) -> int:
     sp = self._sp
@@ -96,18 +105,21 @@ class SentencePieceTokenizer(Tokenizer):
     return [np.asarray(ids, np.int32) for ids in self._sp.encode(texts, num_threads=os.cpu_count() or 1)]
 
   def decode(self, ids: Iterable[int]) -> str:
-    return self._sp.decode([int(i) for i in ids])
+    return self._sp.decode([int(i) for i in ids if int(i) < self.num_pieces])
 
 
 def check_vocab(data_config: DataConfig) -> None:
   """Raises ConfigError when the configured tokenizer cannot have `data.vocab_size` ids."""
-  if data_config.tokenizer == 'byte' and data_config.vocab_size != ByteTokenizer.vocab_size:
+  byte_vocab = ByteTokenizer.vocab_size + data_config.extra_ids
+  if data_config.tokenizer == 'byte' and data_config.vocab_size != byte_vocab:
     raise ConfigError('data.vocab_size', data_config.vocab_size,
-                      f'the byte tokenizer has exactly {ByteTokenizer.vocab_size} ids (256 bytes + {NUM_SPECIAL} '
-                      f'special); set data.vocab_size={ByteTokenizer.vocab_size}')
-  if data_config.tokenizer == 'sentencepiece' and data_config.vocab_size < SPM_MIN_VOCAB:
+                      f'the byte tokenizer has exactly {byte_vocab} ids (256 bytes + {NUM_SPECIAL} special + '
+                      f'data.extra_ids={data_config.extra_ids}); set data.vocab_size={byte_vocab}')
+  least = SPM_MIN_VOCAB + data_config.extra_ids
+  if data_config.tokenizer == 'sentencepiece' and data_config.vocab_size < least:
     raise ConfigError('data.vocab_size', data_config.vocab_size,
-                      f'sentencepiece with byte fallback needs at least {SPM_MIN_VOCAB}; raise it (e.g. 2048)')
+                      f'sentencepiece with byte fallback needs at least {SPM_MIN_VOCAB} pieces + data.extra_ids='
+                      f'{data_config.extra_ids}; raise it to at least {least} (e.g. 2048)')
 
 
 def make_tokenizer(data_config: DataConfig, corpus_identity: str, train_texts: Iterable[str]) -> Tokenizer:
@@ -116,17 +128,19 @@ def make_tokenizer(data_config: DataConfig, corpus_identity: str, train_texts: I
   `train_texts` is only consumed when no cached model exists, so callers may pass a lazy iterator.
   """
   check_vocab(data_config)
+  extra = data_config.extra_ids
   if data_config.tokenizer == 'byte':
-    return ByteTokenizer()
-  settings = f'{corpus_identity}|v{data_config.vocab_size}|{data_config.spm_model_type}|' \
+    return ByteTokenizer(extra)
+  pieces = data_config.vocab_size - extra
+  settings = f'{corpus_identity}|v{pieces}|{data_config.spm_model_type}|' \
              f'c{data_config.spm_max_chars}|f{_SPM_FORMAT}'
-  identity = f'spm_{data_config.spm_model_type}{data_config.vocab_size}_' \
-             f'{hashlib.sha256(settings.encode()).hexdigest()[:16]}'
-  path = cache.root(data_config) / 'tokenizers' / f'{identity}.model'
+  model = f'spm_{data_config.spm_model_type}{pieces}_{hashlib.sha256(settings.encode()).hexdigest()[:16]}'
+  identity = model + (f'_x{extra}' if extra else '')
+  path = cache.root(data_config) / 'tokenizers' / f'{model}.model'
   with cache.lock(path):
     if not path.exists():
-      cache.write_bytes(path, _train(data_config, train_texts))
-  return SentencePieceTokenizer(path.read_bytes(), identity)
+      cache.write_bytes(path, _train(data_config, pieces, train_texts))
+  return SentencePieceTokenizer(path.read_bytes(), identity, extra)
 
 
 def _sentences(texts: Iterable[str], max_chars: int) -> Iterator[str]:
@@ -147,13 +161,13 @@ def _sentences(texts: Iterable[str], max_chars: int) -> Iterator[str]:
       return
 
 
-def _train(data_config: DataConfig, train_texts: Iterable[str]) -> bytes:
+def _train(data_config: DataConfig, pieces: int, train_texts: Iterable[str]) -> bytes:
   """Trains a lossless model: no normalisation, whitespace kept as is, byte fallback for anything unseen."""
   model = io.BytesIO()
   try:
     spm.SentencePieceTrainer.train(
         sentence_iterator=_sentences(train_texts, data_config.spm_max_chars), model_writer=model,
-        vocab_size=data_config.vocab_size, model_type=data_config.spm_model_type,
+        vocab_size=pieces, model_type=data_config.spm_model_type,
         pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID, unk_id=RESERVED_IDS[0],
         control_symbols=['<mask>'] + [f'<reserved_{i}>' for i in range(len(RESERVED_IDS) - 1)],
         user_defined_symbols=['\n'], byte_fallback=True, normalization_rule_name='identity',

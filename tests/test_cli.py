@@ -55,12 +55,25 @@ def test_ring_attention_trains_evaluates_and_probes(small_run_flags, tmp_path):
   assert last['step'] == 3 and np.isfinite(last['eval/loss']) and 'probe/cloze_bidirectional/loss' in last
 
 
+def test_span_corruption_trains_and_evaluates_with_the_probes(small_run_flags, tmp_path):
+  """main.py --config.objective=span_corruption: sentinels from 100 extra ids on top of the 512-piece tokenizer."""
+  workdir = tmp_path / 'span'
+  run_main(*small_run_flags, f'--workdir={workdir}', '--config.train.steps=3', '--config.objective=span_corruption',
+           '--config.data.vocab_size=612', '--config.data.extra_ids=100')
+  rows = read_metrics(workdir)
+  train = [r for r in rows if 'train/loss' in r]
+  assert train and all(np.isfinite(r['train/loss']) and r['train/tokens_scored'] > 0 for r in train)
+  last = [r for r in rows if 'eval/loss' in r][-1]
+  assert last['step'] == 3 and np.isfinite(last['eval/loss']) and np.isfinite(last['probe/suffix_prefix/loss'])
+
+
 @pytest.mark.parametrize('flag, key', [
     ('--config.data.text_dir=/nonexistent/ringlm', 'data.text_dir'),
     ('--config.data.text_dir={empty}', 'data.text_dir'),
     ('--config.data.text_dir={binary}', 'data.text_dir'),  # files match the glob, none is text
     ('--config.model.num_kv_heads=3', 'model.num_kv_heads'),
     ('--config.objective=diffusion', 'objective'),
+    ('--config.objective=span_corruption', 'data.extra_ids'),  # no sentinel ids
     ('--config.model.d_model=-8', 'model.d_model'),
     ('--config.model.nonsense=1', 'config.model.nonsense'),
     ('--config.train.eval_batches=10000', 'train.eval_batches'),  # more than the validation split holds

@@ -103,6 +103,29 @@ def test_sentencepiece_is_cached_per_corpus_and_vocab(spm_tokenizer, cache_dir, 
   assert tokenizers.make_tokenizer(other, corpus.identity, sources.local_documents(corpus, 'train')).vocab_size == 600
 
 
+def test_extra_ids_sit_at_the_top_and_never_stand_for_text(spm_tokenizer, cache_dir, text_dir):
+  """data.extra_ids (span-corruption sentinels): sentencepiece keeps its vocab_size - extra_ids pieces (the cached
+  512-piece model, not retrained) and the byte tokenizer its 264 ids; the ids above them encode no text."""
+  def never_read():
+    raise AssertionError('the 512-piece model is cached: it must not be retrained')
+    yield  # pragma: no cover
+
+  d = typed(make_config(cache_dir, text_dir, vocab_size=612, extra_ids=100)).data
+  corpus = sources.open_corpus(d)
+  text = sources.local_documents(corpus, 'validation')[0] + NON_ASCII
+  for tok, pieces in ((tokenizers.make_tokenizer(d, corpus.identity, never_read()), 512),
+                      (tokenizers.ByteTokenizer(100), 264)):
+    assert tok.vocab_size == pieces + 100 and tok.identity != spm_tokenizer.identity
+    ids = tok.encode(text)
+    assert ids.max() < pieces and (tok.token_bytes[pieces:] == 0).all() and len(tok.token_bytes) == tok.vocab_size
+    assert tok.decode([*ids[:3], tok.vocab_size - 1, *ids[3:]]) == text
+  np.testing.assert_array_equal(tokenizers.make_tokenizer(d, corpus.identity, never_read()).encode(text),
+                                spm_tokenizer.encode(text))
+  with pytest.raises(ConfigError, match='extra_ids=100'):
+    tokenizers.check_vocab(typed(make_config(cache_dir, text_dir, tokenizer='byte', vocab_size=264,
+                                             extra_ids=100)).data)
+
+
 def test_unigram_round_trips(cache_dir, text_dir):
   d = typed(make_config(cache_dir, text_dir, spm_model_type='unigram')).data
   corpus = sources.open_corpus(d)

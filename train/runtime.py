@@ -116,7 +116,8 @@ class Runtime:
     """The objective's settings with the ids of `config`'s tokenizer."""
     tok = self.data(config.data, config.seed).tokenizer
     return ObjectiveSpec.from_config(config.objectives, vocab_size=config.data.vocab_size, pad_id=tok.pad_id,
-                                     mask_id=tok.mask_id, num_special=tokenizers.NUM_SPECIAL)
+                                     mask_id=tok.mask_id, num_special=tokenizers.NUM_SPECIAL,
+                                     extra_ids=config.data.extra_ids)
 
   def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """This process's rows -> global arrays laid out by the rules' `batch` and `length`."""
@@ -137,7 +138,7 @@ class Runtime:
     tok = tokenizers.Tokenizer  # the class holds the ids every tokenizer shares (estimate opens no data)
     spec = self.spec(config) if with_data else ObjectiveSpec.from_config(
         config.objectives, vocab_size=config.data.vocab_size, pad_id=tok.pad_id, mask_id=tok.mask_id,
-        num_special=tokenizers.NUM_SPECIAL)
+        num_special=tokenizers.NUM_SPECIAL, extra_ids=config.data.extra_ids)
     setup = state_lib.build(config, self.mesh)
     return Run(runtime=self, config=config, workdir=workdir, setup=setup, spec=spec, data=data)
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import jax
 
 from configs.errors import ConfigError
-from train.objectives import causal, masked_lm, prefix_lm
+from train.objectives import causal, masked_lm, prefix_lm, span_corruption, ul2
 from train.objectives.base import ModelBatch, ObjectiveSpec
 
 
@@ -20,6 +20,8 @@ OBJECTIVES: dict[str, Objective] = {
     'causal': causal.make_batch,
     'prefix_lm': prefix_lm.make_batch,
     'masked_lm': masked_lm.make_batch,
+    'span_corruption': span_corruption.make_batch,
+    'ul2': ul2.make_batch,
 }
 
 

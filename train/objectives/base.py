@@ -5,7 +5,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from configs.sections import ObjectivesConfig
+from configs.default import UL2_MIXTURE
+from configs.sections import ObjectivesConfig, parse_ul2_mixture
+from data.tokenizers import UL2_MODE_IDS
 from models.attention import AttentionMask
 
 
@@ -31,15 +33,23 @@ class ObjectiveSpec:
   mask_rate: float = 0.15  # masked_lm: chance that a real token is chosen for prediction
   prefix_min_frac: float = 0.0  # prefix_lm: lower end of the prefix fraction of each document
   prefix_max_frac: float = 1.0  # prefix_lm: upper end of the prefix fraction of each document
+  extra_ids: int = 0  # the top ids no text uses: span-corruption sentinels, sentinel i = vocab_size - 1 - i
+  noise_density: float = 0.15  # span_corruption: share of a document's corrupted tokens that become targets
+  mean_span_length: float = 3.0  # span_corruption: mean noise span length
+  # ul2: (mode, mean span length, noise density, weight) per denoiser; mode S is a prefix LM (span, density unused)
+  ul2_denoisers: tuple[tuple[str, float, float, float], ...] = parse_ul2_mixture(UL2_MIXTURE)
+  ul2_mode_ids: tuple[tuple[str, int], ...] = tuple(UL2_MODE_IDS.items())  # [R] [S] [X]: reserved ids
 
   @classmethod
   def from_config(cls, objectives_cfg: ObjectivesConfig, *, vocab_size: int, pad_id: int, mask_id: int,
-                  num_special: int) -> 'ObjectiveSpec':
+                  num_special: int, extra_ids: int = 0) -> 'ObjectiveSpec':
     """The tokenizer's ids plus the `objectives.*` settings."""
     o = objectives_cfg
     return cls(vocab_size=vocab_size, pad_id=pad_id, mask_id=mask_id, num_special=num_special,
                mask_rate=float(o.mask_rate), prefix_min_frac=float(o.prefix_min_frac),
-               prefix_max_frac=float(o.prefix_max_frac))
+               prefix_max_frac=float(o.prefix_max_frac), extra_ids=extra_ids,
+               noise_density=float(o.noise_density), mean_span_length=float(o.mean_span_length),
+               ul2_denoisers=o.ul2_denoisers)
 
 
 def document_offsets(segment_ids_BS: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

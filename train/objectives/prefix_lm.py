@@ -31,10 +31,17 @@ def prefix_lengths(segment_ids_BS: jax.Array, rng: jax.Array, spec: ObjectiveSpe
   return offset_BS, jnp.clip(k_BS, 1, jnp.maximum(length_BS - 1, 1))
 
 
-def make_batch(batch: dict[str, jax.Array], rng: jax.Array, spec: ObjectiveSpec) -> ModelBatch:
-  """Causal targets restricted to the suffix; the prefix's keys are visible to every query of their document."""
+def with_prefix(batch: dict[str, jax.Array], offset_BS: jax.Array, k_BS: jax.Array, rng: jax.Array,
+                spec: ObjectiveSpec) -> ModelBatch:
+  """Each document's first k tokens (offsets below k_BS) read bidirectionally; causal targets scored from the last
+  prefix token on. Span corruption and UL2 use it on their rewritten rows (prefix = inputs, suffix = targets)."""
   mb = causal.make_batch(batch, rng, spec)
-  offset_BS, k_BS = prefix_lengths(batch['segment_ids'], rng, spec)
   prefix_BS = (offset_BS < k_BS) & (batch['segment_ids'] != 0)
   weights_BS = mb.weights * (offset_BS + 1 >= k_BS)
   return dataclasses.replace(mb, mask=dataclasses.replace(mb.mask, bidirectional=prefix_BS), weights=weights_BS)
+
+
+def make_batch(batch: dict[str, jax.Array], rng: jax.Array, spec: ObjectiveSpec) -> ModelBatch:
+  """Causal targets restricted to the suffix; the prefix's keys are visible to every query of their document."""
+  offset_BS, k_BS = prefix_lengths(batch['segment_ids'], rng, spec)
+  return with_prefix(batch, offset_BS, k_BS, rng, spec)
