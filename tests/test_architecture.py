@@ -87,7 +87,7 @@ def test_a_config_error_loads_neither_tensorflow_nor_jax(tmp_path):
 
 def test_a_mesh_error_loads_no_tensorflow(tmp_path):
   proc, loaded = _main_modules('--config=configs/tiny.py', f'--workdir={tmp_path}', '--config.mesh.tensor=3')
-  assert proc.returncode == 2 and proc.stderr.startswith('error: mesh.data=-1: the other axes multiply to 3')
+  assert proc.returncode == 2 and proc.stderr.startswith('error: mesh.tensor=3: with mesh.data=-1 the other axes multiply to 3')
   assert 'tensorflow' not in loaded and 'jax' in loaded
 
 

@@ -110,6 +110,7 @@ def _keys(tree: dict, prefix: str = '') -> list[str]:
 OUT_OF_DOMAIN = {
     'seed': -1, 'objective': 'diffusion',
     'objectives.mask_rate': 1.0, 'objectives.prefix_min_frac': -0.1, 'objectives.prefix_max_frac': 1.5,
+    'objectives.noise_density': 0.0, 'objectives.mean_span_length': 0.5, 'objectives.ul2_mixture': 'R:3:0.15=-1',
     'model.num_layers': 0, 'model.d_model': 130, 'model.num_heads': 0, 'model.num_kv_heads': 3, 'model.head_dim': 33,
     'model.d_ff': -1, 'model.attention': 'sparse', 'model.ffn': 'moe', 'model.q_block': 0, 'model.kv_block': -128,
     'model.ffn_block': 0, 'model.rope_theta': 0.0, 'model.norm_eps': -1e-6, 'model.init_std': 0.0,
@@ -118,6 +119,7 @@ OUT_OF_DOMAIN = {
     'data.tfds_data_dir': '/nonexistent/tfds', 'data.text_key': '', 'data.train_split': '', 'data.eval_split': '',
     'data.validation_percent': 0, 'data.cache_dir': '/dev/null/cache', 'data.seq_len': 1,
     'data.tokenizer': 'wordpiece', 'data.vocab_size': 0, 'data.spm_model_type': 'wordpiece', 'data.spm_max_chars': 0,
+    'data.extra_ids': -1,
     'train.steps': 0, 'train.batch_size': 12, 'train.grad_accum_steps': 0, 'train.learning_rate': -3e-3,
     'train.warmup_steps': -1, 'train.end_lr_fraction': 1.5, 'train.weight_decay': -0.1,
     'train.decay_embeddings_and_norms': 'no', 'train.b1': 1.0, 'train.b2': -0.5, 'train.eps': 0.0,
