@@ -20,7 +20,8 @@ from configs.sections import Config
 
 MODES = ('train', 'eval', 'sample', 'estimate', 'compare', 'scaling', 'fit')
 
-config_flags.DEFINE_config_file('config', 'configs/default.py', 'Config file (a get_config() module).')
+DEFAULT_CONFIG = 'configs/default.py'
+config_flags.DEFINE_config_file('config', DEFAULT_CONFIG, 'Config file (a get_config() module).')
 flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics.jsonl, config.json.', required=True)
 flags.DEFINE_enum('mode', 'train', MODES, 'What to do.')
 flags.DEFINE_bool('distributed', False, 'Join a multi-process run described by the environment (TPU pod, SLURM); '
@@ -140,7 +141,7 @@ def _config_file(argv: list[str]) -> str:
       return arg.split('=', 1)[1].split(':', 1)[0]
     if arg in ('--config', '-config') and i + 1 < len(argv):
       return argv[i + 1].split(':', 1)[0]
-  return FLAGS['config'].default.split(':', 1)[0]
+  return DEFAULT_CONFIG
 
 
 def _check_config_file(path: str) -> None:
