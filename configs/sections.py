@@ -25,6 +25,7 @@ from configs.errors import ConfigError
 # are keyed by these names; tests keep the two equal.
 OBJECTIVES = ('causal', 'prefix_lm', 'masked_lm')
 ATTENTION_KINDS = ('vanilla', 'blockwise', 'ring')
+ARCHITECTURES = ('decoder', 'encoder_decoder')
 FFN_KINDS = ('standard', 'blockwise')
 DTYPES = ('float32', 'bfloat16')
 TOKENIZERS = ('sentencepiece', 'byte')
@@ -188,6 +189,10 @@ class ModelConfig(Section):
   dtype: str = field(one_of(*DTYPES), default='float32')
   remat: bool = field(boolean, default=False)
   scan_layers: bool = field(boolean, default=False)
+  architecture: str = field(one_of(*ARCHITECTURES), default='decoder')
+  num_encoder_layers: int = field(positive_int, default=2)
+  num_decoder_layers: int = field(positive_int, default=2)
+  share_embeddings: bool = field(boolean, default=True)
 
   def _check(self) -> None:
     if self.num_heads % self.num_kv_heads:

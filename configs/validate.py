@@ -43,8 +43,16 @@ def _check_blocks(config: Config, sizes: dict[str, int], length_axes: tuple[str,
       raise ConfigError(key, block, f'must divide the zig-zag chunk length data.seq_len / (2 * mesh.sequence) = {half}')
 
 
+# Objectives whose batches have no bidirectional input part per document, so nothing to give an encoder.
+NO_ENCODER_INPUT = {'causal': 'has no input part to encode', 'masked_lm': 'predicts its inputs in place'}
+
+
 def validate(config: Config, num_devices: int) -> None:
   m, d, t = config.model, config.data, config.train
+  if m.architecture == 'encoder_decoder' and config.objective in NO_ENCODER_INPUT:
+    raise ConfigError('objective', config.objective,
+                      f'{NO_ENCODER_INPUT[config.objective]}, so model.architecture=encoder_decoder cannot train on '
+                      'it; use prefix_lm (or another objective with an input part), or model.architecture=decoder')
   tokenizers.check_vocab(d)
   sizes = mesh_shape(config.mesh, num_devices)
   if sizes['data'] % config.mesh.dcn_data:
