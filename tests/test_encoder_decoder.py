@@ -121,8 +121,8 @@ def test_matches_the_plain_reference_logits_and_gradients(variant):
   with jax.default_matmul_precision('float32'):
     np.testing.assert_allclose(model_logits(cfg, params, mb), reference_logits(cfg, params, mb), atol=1e-5,
                                rtol=1e-5)
-    got = jax.grad(_loss(model_logits, cfg, mb))(params)
-    want = jax.grad(_loss(reference_logits, cfg, mb))(params)
+    got = jax.jit(jax.grad(_loss(model_logits, cfg, mb)))(params)
+    want = jax.jit(jax.grad(_loss(reference_logits, cfg, mb)))(params)
   assert jax.tree.structure(got) == jax.tree.structure(want)
   for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
     assert np.abs(np.asarray(g)).max() > 0, jax.tree_util.keystr(path)  # every weight is used
@@ -168,8 +168,8 @@ def test_the_encoder_sees_all_its_inputs_and_documents_stay_apart(params):
 def test_variants_equal_vanilla_logits_and_gradients(params, variant):
   cfg, mb = dataclasses.replace(CFG, **variant), encdec_batch(seed=4)
   weights = _layout(cfg, params)
-  l0, g0 = jax.value_and_grad(_loss(model_logits, CFG, mb))(params)
-  l1, g1 = jax.value_and_grad(_loss(model_logits, cfg, mb))(weights)
+  l0, g0 = jax.jit(jax.value_and_grad(_loss(model_logits, CFG, mb)))(params)
+  l1, g1 = jax.jit(jax.value_and_grad(_loss(model_logits, cfg, mb)))(weights)
   np.testing.assert_allclose(l1, l0, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(_layout(cfg, g0)), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -221,7 +221,7 @@ def test_ring_on_8_devices_equals_vanilla_logits_and_gradients():
   mb = encdec_batch(seed=6, rows=2, seq_len=seq_len)
   vanilla = dataclasses.replace(CFG, num_encoder_layers=1, num_decoder_layers=1)  # one of each attention: compiles
   cfg, params = dataclasses.replace(vanilla, attention='ring', q_block=2, kv_block=2), params_lib.init(vanilla, 6)
-  l0, g0 = jax.value_and_grad(_loss(model_logits, vanilla, mb))(params)
+  l0, g0 = jax.jit(jax.value_and_grad(_loss(model_logits, vanilla, mb)))(params)
   perm = zigzag_permutation(seq_len, 8)
   zig = jax.tree.map(lambda x: x[:, perm], mb)
   probe = jax.random.normal(jax.random.PRNGKey(9), mb.inputs.shape + (CFG.vocab_size,))[:, perm]
