@@ -40,7 +40,11 @@ def get_config() -> ml_collections.ConfigDict:
   o.ul2_mixture = UL2_MIXTURE  # ul2: "mode:mean_span:noise_density=weight; ..." (S=weight: a prefix_lm split)
 
   c.model = m = ml_collections.ConfigDict()
-  m.num_layers = 2  # transformer blocks
+  m.architecture = 'decoder'  # decoder | encoder_decoder (a bidirectional encoder, a causal decoder with cross-attention)
+  m.num_layers = 2  # transformer blocks of the decoder architecture
+  m.num_encoder_layers = 2  # encoder_decoder: encoder blocks
+  m.num_decoder_layers = 2  # encoder_decoder: decoder blocks (each with self- and cross-attention)
+  m.share_embeddings = True  # encoder_decoder: the encoder reads the decoder's token embedding (else its own)
   m.d_model = 128  # D: residual width
   m.num_heads = 4  # H: query heads
   m.num_kv_heads = 4  # K: key/value heads (GQA when K < H; H % K == 0)

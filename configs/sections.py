@@ -28,6 +28,7 @@ from configs.errors import ConfigError
 OBJECTIVES = ('causal', 'prefix_lm', 'masked_lm', 'span_corruption', 'ul2')
 UL2_MODES = ('R', 'S', 'X')  # regular and extreme span corruption, sequential (prefix LM)
 ATTENTION_KINDS = ('vanilla', 'blockwise', 'ring')
+ARCHITECTURES = ('decoder', 'encoder_decoder')
 FFN_KINDS = ('standard', 'blockwise')
 DTYPES = ('float32', 'bfloat16')
 TOKENIZERS = ('sentencepiece', 'byte')
@@ -275,6 +276,10 @@ class ModelConfig(Section):
   dtype: str = field(one_of(*DTYPES), default='float32')
   remat: bool = field(boolean, default=False)
   scan_layers: bool = field(boolean, default=False)
+  architecture: str = field(one_of(*ARCHITECTURES), default='decoder')
+  num_encoder_layers: int = field(positive_int, default=2)
+  num_decoder_layers: int = field(positive_int, default=2)
+  share_embeddings: bool = field(boolean, default=True)
 
   def _check(self) -> None:
     if self.num_heads % self.num_kv_heads:

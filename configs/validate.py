@@ -53,9 +53,17 @@ def _check_sentinels(config: Config) -> None:
                       'capped at this many); set it, e.g. --config.data.extra_ids=100')
 
 
+# Objectives whose batches have no bidirectional input part per document, so nothing to give an encoder.
+NO_ENCODER_INPUT = {'causal': 'has no input part to encode', 'masked_lm': 'predicts its inputs in place'}
+
+
 def validate(config: Config, num_devices: int) -> None:
   m, d, t = config.model, config.data, config.train
   _check_sentinels(config)
+  if m.architecture == 'encoder_decoder' and config.objective in NO_ENCODER_INPUT:
+    raise ConfigError('objective', config.objective,
+                      f'{NO_ENCODER_INPUT[config.objective]}, so model.architecture=encoder_decoder cannot train on '
+                      'it; use prefix_lm (or another objective with an input part), or model.architecture=decoder')
   tokenizers.check_vocab(d)
   sizes = mesh_shape(config.mesh, num_devices)
   if sizes['data'] % config.mesh.dcn_data:

@@ -10,6 +10,7 @@ E head dim, F d_ff, V vocab, L layers.
 """
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -135,49 +136,62 @@ class Block(nnx.Module):
 _LAYERS_AXIS = {nnx.PARTITION_NAME: 'layers', 'logical_axes': 'layers'}
 
 
-def _block(cfg: ModelConfig, x_BSD: jax.Array, block: Block, mask: AttentionMask) -> jax.Array:
+def stack_blocks(cfg: ModelConfig, num_layers: int, make: Callable[[nnx.Rngs], nnx.Module],
+                 rngs: nnx.Rngs) -> nnx.Module:
+  """num_layers blocks from `make`: a list, or with `scan_layers` one block whose params carry a leading
+  [num_layers] axis (XLA compiles the block once instead of num_layers times)."""
+  if not cfg.scan_layers:
+    return nnx.List([make(rngs) for _ in range(num_layers)])
+
+  @nnx.split_rngs(splits=num_layers)
+  @nnx.vmap(in_axes=0, out_axes=0, transform_metadata=_LAYERS_AXIS)
+  def stacked(layer_rngs: nnx.Rngs) -> nnx.Module:
+    return make(layer_rngs)
+
+  return stacked(rngs)
+
+
+def _block(cfg: ModelConfig, x_BSD: jax.Array, block: nnx.Module, *args) -> jax.Array:
   """One block, rematerialised in the backward pass when `cfg.remat` (trades compute for activation memory)."""
   if cfg.remat:
-    return nnx.remat(lambda b, x, m: b(x, m))(block, x_BSD, mask)
-  return block(x_BSD, mask)
+    return nnx.remat(lambda b, x, *a: b(x, *a))(block, x_BSD, *args)
+  return block(x_BSD, *args)
 
 
-class Transformer(nnx.Module):
-  """Decoder-only LM. `hidden` gives final-norm activations; `logits` projects them onto the vocabulary.
+def run_blocks(cfg: ModelConfig, blocks: nnx.Module, x_BSD: jax.Array, *args) -> jax.Array:
+  """x through every block of `stack_blocks`, each called as block(x, *args)."""
+  if cfg.scan_layers:
+    scan = nnx.scan(functools.partial(_block, cfg), in_axes=(nnx.Carry, 0) + (None,) * len(args),
+                    out_axes=nnx.Carry, transform_metadata=_LAYERS_AXIS)
+    return scan(x_BSD, blocks, *args)
+  for block in blocks:
+    x_BSD = _block(cfg, x_BSD, block, *args)
+  return x_BSD
 
-  They are separate so the trainer can compute a blockwise loss without ever holding [B, S, V] logits.
-  With `scan_layers`, `blocks` is one Block whose params carry a leading [num_layers] axis, run by a scan: XLA
-  compiles the block once instead of num_layers times.
-  """
 
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-    self.embed_VD = _param(rngs, (cfg.vocab_size, cfg.d_model), cfg.init_std, ('vocab', 'embed'))
-    if cfg.scan_layers:
-      @nnx.split_rngs(splits=cfg.num_layers)
-      @nnx.vmap(in_axes=0, out_axes=0, transform_metadata=_LAYERS_AXIS)
-      def stacked(layer_rngs: nnx.Rngs) -> Block:
-        return Block(cfg, layer_rngs)
+def decode_blocks(cfg: ModelConfig, blocks: nnx.Module, x_B1D: jax.Array, cache, *args) -> tuple:
+  """One token through every block's `decode(x, layer_cache, *args)`; every leaf of `cache` has a leading
+  [num_layers] axis. Returns (x_B1D, cache)."""
+  if cfg.scan_layers:
+    def layer(x_B1D, block, layer_cache):
+      return block.decode(x_B1D, layer_cache, *args)
 
-      self.blocks = stacked(rngs)
-    else:
-      self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
-    self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-    if not cfg.tie_embeddings:
-      self.head_DV = _param(rngs, (cfg.d_model, cfg.vocab_size), cfg.init_std, ('embed', 'vocab'))
-    self.cfg = cfg
+    scan = nnx.scan(layer, in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0), transform_metadata=_LAYERS_AXIS)
+    return scan(x_B1D, blocks, cache)
+  for i, block in enumerate(blocks):
+    x_B1D, layer_cache = block.decode(x_B1D, jax.tree.map(lambda c: c[i], cache), *args)
+    cache = jax.tree.map(lambda c, new: c.at[i].set(new), cache, layer_cache)
+  return x_B1D, cache
 
-  def hidden(self, tokens_BS: jax.Array, mask: AttentionMask) -> jax.Array:
-    embed_VD = constrain(self.embed_VD[...], ('vocab', None))  # gathered over fsdp for the lookup, like any weight
-    x_BSD = jnp.take(embed_VD, tokens_BS, axis=0).astype(jnp.dtype(self.cfg.dtype))
-    x_BSD = constrain(x_BSD, ('batch', 'length', None))
-    if self.cfg.scan_layers:
-      scan = nnx.scan(functools.partial(_block, self.cfg), in_axes=(nnx.Carry, 0, None), out_axes=nnx.Carry,
-                      transform_metadata=_LAYERS_AXIS)
-      x_BSD = scan(x_BSD, self.blocks, mask)
-    else:
-      for block in self.blocks:
-        x_BSD = _block(self.cfg, x_BSD, block, mask)
-    return self.final_norm(x_BSD)
+
+def embed_tokens(embed_VD: jax.Array, tokens_BS: jax.Array, dtype: str) -> jax.Array:
+  """Token embeddings in the compute dtype; the table gathered over fsdp for the lookup, like any weight."""
+  x_BSD = jnp.take(constrain(embed_VD, ('vocab', None)), tokens_BS, axis=0).astype(jnp.dtype(dtype))
+  return constrain(x_BSD, ('batch', 'length', None))
+
+
+class LanguageModelHead(nnx.Module):
+  """The vocabulary projection shared by both architectures: `embed_VD` transposed when tied, else `head_DV`."""
 
   def head_weights_DV(self) -> jax.Array:
     """The LM head as [D, V] (the transposed embedding when tied)."""
@@ -186,6 +200,27 @@ class Transformer(nnx.Module):
 
   def logits(self, h_BSD: jax.Array) -> jax.Array:
     return jnp.einsum('bsd,dv->bsv', h_BSD, self.head_weights_DV()).astype(jnp.float32)
+
+
+class Transformer(LanguageModelHead):
+  """Decoder-only LM. `hidden` gives final-norm activations; `logits` projects them onto the vocabulary.
+
+  They are separate so the trainer can compute a blockwise loss without ever holding [B, S, V] logits.
+  With `scan_layers`, `blocks` is one Block whose params carry a leading [num_layers] axis, run by a scan
+  (`stack_blocks`).
+  """
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.embed_VD = _param(rngs, (cfg.vocab_size, cfg.d_model), cfg.init_std, ('vocab', 'embed'))
+    self.blocks = stack_blocks(cfg, cfg.num_layers, lambda r: Block(cfg, r), rngs)
+    self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+    if not cfg.tie_embeddings:
+      self.head_DV = _param(rngs, (cfg.d_model, cfg.vocab_size), cfg.init_std, ('embed', 'vocab'))
+    self.cfg = cfg
+
+  def hidden(self, tokens_BS: jax.Array, mask: AttentionMask) -> jax.Array:
+    x_BSD = embed_tokens(self.embed_VD[...], tokens_BS, self.cfg.dtype)
+    return self.final_norm(run_blocks(self.cfg, self.blocks, x_BSD, mask))
 
   def __call__(self, tokens_BS: jax.Array, mask: AttentionMask) -> jax.Array:
     return self.logits(self.hidden(tokens_BS, mask))
@@ -199,14 +234,5 @@ class Transformer(nnx.Module):
     """Logits [B, V] after one more token per row at `position` of a single document, reading the k/v cache of
     the tokens before it and writing this one's: O(length) work per token instead of a whole forward pass."""
     x_B1D = jnp.take(self.embed_VD[...], tokens_B1, axis=0).astype(jnp.dtype(self.cfg.dtype))
-    if self.cfg.scan_layers:
-      def layer(x_B1D, block, layer_cache):
-        return block.decode(x_B1D, layer_cache, position)
-
-      scan = nnx.scan(layer, in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0), transform_metadata=_LAYERS_AXIS)
-      x_B1D, cache = scan(x_B1D, self.blocks, cache)
-    else:
-      for i, block in enumerate(self.blocks):
-        x_B1D, (k, v) = block.decode(x_B1D, (cache[0][i], cache[1][i]), position)
-        cache = (cache[0].at[i].set(k), cache[1].at[i].set(v))
+    x_B1D, cache = decode_blocks(self.cfg, self.blocks, x_B1D, cache, position)
     return self.logits(self.final_norm(x_B1D))[:, 0], cache

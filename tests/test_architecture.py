@@ -12,7 +12,7 @@ import pytest
 
 from configs import default
 from configs.errors import ConfigError
-from configs.sections import ATTENTION_KINDS, OBJECTIVES, Config, ModelConfig
+from configs.sections import ARCHITECTURES, ATTENTION_KINDS, OBJECTIVES, Config, ModelConfig
 from tests.conftest import ROOT
 
 LIBRARY = ('models', 'data', 'train', 'sharding', 'experiments')
@@ -37,10 +37,11 @@ def test_no_module_below_main_reads_the_ml_collections_config():
 
 def test_every_choice_is_listed_once_and_implemented():
   from models.attention import PATHS
-  from train import objectives
+  from train import objectives, params
 
   assert tuple(objectives.OBJECTIVES) == OBJECTIVES
   assert tuple(PATHS) == ATTENTION_KINDS
+  assert tuple(params.MODELS) == ARCHITECTURES
 
 
 def test_model_defaults_are_the_default_config():

@@ -19,7 +19,7 @@ from train.state import State, StateSetup
 
 # Model keys that change parameter shapes; attention path, dtype, remat and block sizes may change across a resume.
 SHAPE_KEYS = ('num_layers', 'd_model', 'num_heads', 'num_kv_heads', 'head_dim', 'd_ff', 'tie_embeddings',
-              'scan_layers')
+              'scan_layers', 'architecture', 'num_encoder_layers', 'num_decoder_layers', 'share_embeddings')
 
 
 def meta_for(config: Config) -> dict:

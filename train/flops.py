@@ -19,10 +19,30 @@ Two counts of training FLOPs per token:
 from configs.sections import ModelConfig
 
 
+def _attention_matmul_params(m: ModelConfig) -> int:
+  """Weights of one attention's matmuls: q, k, v, o projections."""
+  D, H, K, E = m.d_model, m.num_heads, m.num_kv_heads, m.head_dim
+  return D * H * E + 2 * D * K * E + H * E * D
+
+
 def _block_matmul_params(m: ModelConfig) -> int:
   """Weights of one block's matmuls: q, k, v, o projections and the three SwiGLU matrices."""
-  D, H, K, E, F = m.d_model, m.num_heads, m.num_kv_heads, m.head_dim, m.d_ff
-  return D * H * E + 2 * D * K * E + H * E * D + 3 * D * F
+  return _attention_matmul_params(m) + 3 * m.d_model * m.d_ff
+
+
+def _stacks(m: ModelConfig) -> tuple[int, int, int]:
+  """(blocks' matmul weights, norm scales, attentions per token slot) of all blocks and final norms.
+
+  The encoder-decoder's encoder and decoder rows are each as long as a training row (train/objectives/
+  encoder_decoder.py), so every training token is one encoder slot and one decoder slot: both stacks count in
+  full per token, with one attention in each encoder block and two (self and cross, over as many keys) in each
+  decoder block.
+  """
+  if m.architecture == 'decoder':
+    return m.num_layers * _block_matmul_params(m), (2 * m.num_layers + 1) * m.d_model, m.num_layers
+  Le, Ld = m.num_encoder_layers, m.num_decoder_layers
+  matmul = Le * _block_matmul_params(m) + Ld * (_block_matmul_params(m) + _attention_matmul_params(m))
+  return matmul, (2 * Le + 1 + 3 * Ld + 1) * m.d_model, Le + 2 * Ld
 
 
 def count_params(m: ModelConfig) -> dict[str, int]:
@@ -33,8 +53,10 @@ def count_params(m: ModelConfig) -> dict[str, int]:
   convention of Kaplan et al. (2020), under which loss follows cleaner power laws in N; the norm scales are kept in
   it. Chinchilla (Hoffmann et al. 2022) fits on total parameters instead, so `total` is reported too.
   """
-  embedding = m.vocab_size * m.d_model * (1 if m.tie_embeddings else 2)
-  non_embedding = m.num_layers * (_block_matmul_params(m) + 2 * m.d_model) + m.d_model  # 2 norms per block, 1 final
+  tables = 1 + (not m.tie_embeddings) + (m.architecture == 'encoder_decoder' and not m.share_embeddings)
+  embedding = m.vocab_size * m.d_model * tables
+  matmul, norms, _ = _stacks(m)
+  non_embedding = matmul + norms  # 2 norms per block (3 in a decoder block of the encoder-decoder), 1 per stack
   return dict(total=embedding + non_embedding, non_embedding=non_embedding, embedding=embedding)
 
 
@@ -53,9 +75,14 @@ def flops_per_token(m: ModelConfig, seq_len: int, keys: float | None = None) -> 
   Relation to the lecture's C = 6ND(1 + s/6d): with H*E = d, K = H and F = 8d/3 (SwiGLU with the parameters of a
   4d GELU MLP) the blocks hold exactly N_b = 12*L*d^2 matmul weights, and 12*L*s*d = 6*N_b * s/(6d), so
   flops_per_token - 6*d*V = 6*N_b*(1 + s/6d) exactly: the seed's form with N = non-embedding N_b, plus the head.
+
+  Encoder-decoder (`_stacks`): N = Le*block + Ld*(block + cross-attention q, k, v, o) + D*V and Le + 2*Ld
+  attentions over S keys, per training token (one encoder and one decoder slot each). The decoder's self- and
+  cross-attention both count S keys, like the decoder's attention.
   """
-  matmul_params = m.num_layers * _block_matmul_params(m) + m.d_model * m.vocab_size
-  attention = 3 * m.num_layers * 4 * (seq_len if keys is None else keys) * m.num_heads * m.head_dim
+  blocks, _, attentions = _stacks(m)
+  matmul_params = blocks + m.d_model * m.vocab_size
+  attention = 3 * attentions * 4 * (seq_len if keys is None else keys) * m.num_heads * m.head_dim
   return float(6 * matmul_params + attention)
 
 

@@ -11,14 +11,17 @@ import jax
 from flax import nnx
 
 from configs.sections import ModelConfig
+from models.encoder_decoder import EncoderDecoder
 from models.transformer import Transformer
 
 Params = dict
+Model = Transformer | EncoderDecoder
+MODELS: dict[str, type[Model]] = {'decoder': Transformer, 'encoder_decoder': EncoderDecoder}  # model.architecture
 
 
 @functools.lru_cache(maxsize=8)
 def _abstract(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
-  model = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
+  model = nnx.eval_shape(lambda: MODELS[cfg.architecture](cfg, nnx.Rngs(0)))
   return nnx.split(model, nnx.Param)
 
 
@@ -31,7 +34,7 @@ def logical_axes(cfg: ModelConfig) -> Params:
 
 
 def init(cfg: ModelConfig, seed: int) -> Params:
-  return nnx.to_pure_dict(nnx.split(Transformer(cfg, nnx.Rngs(seed)), nnx.Param)[1])
+  return nnx.to_pure_dict(nnx.split(MODELS[cfg.architecture](cfg, nnx.Rngs(seed)), nnx.Param)[1])
 
 
 def shapes(cfg: ModelConfig) -> Params:
@@ -39,8 +42,8 @@ def shapes(cfg: ModelConfig) -> Params:
   return nnx.to_pure_dict(state)
 
 
-def apply(cfg: ModelConfig, params: Params) -> Transformer:
-  """A Transformer whose parameters are `params` (used inside jitted functions)."""
+def apply(cfg: ModelConfig, params: Params) -> Model:
+  """The model of `model.architecture` whose parameters are `params` (used inside jitted functions)."""
   graphdef, state = _abstract(cfg)
   state = jax.tree.map(lambda x: x, state)
   nnx.replace_by_pure_dict(state, params)

@@ -87,7 +87,7 @@ class Runtime:
     the block pairs they do not skip, counted on the objective's masks of training steps 0..MEASURED_STEPS-1 (the
     rows and noise training uses), each step's pairs ORed over processes so all count the global batch."""
     m, S = config.model, config.data.seq_len
-    if m.attention == 'vanilla':
+    if m.attention == 'vanilla' or m.architecture == 'encoder_decoder':  # the latter's skipped pairs: not yet counted
       return float(S)
     key = (config.data, config.seed, config.objective, config.objectives, config.train.batch_size, m.attention,
            m.q_block, m.kv_block)

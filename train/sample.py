@@ -2,6 +2,10 @@
 
 A k/v cache per layer (`Transformer.decode`) makes each token one O(seq_len) step: the prompt is fed through it
 token by token, then each sampled token. One compiled program serves every position.
+
+The encoder-decoder reads the prompt as its encoder input (a document's input part, as in training) once, caching
+each decoder layer's cross-attention k/v; its decoder starts from the start token (train/objectives/
+encoder_decoder.py) and samples the continuation through the same loop.
 """
 
 import jax
@@ -10,6 +14,7 @@ import numpy as np
 
 from configs.errors import ConfigError
 from configs.sections import SampleConfig
+from models.attention import AttentionMask
 from train import params as params_lib
 from train.runtime import Run
 from train.state import StateSetup
@@ -37,11 +42,17 @@ def sample(setup: StateSetup, params, tokenizer, g: SampleConfig, seq_len: int, 
   if len(prompt) >= seq_len:
     raise ConfigError('sample.prompt', g.prompt, f'is {len(prompt)} tokens; keep it under data.seq_len={seq_len}')
   decode = make_decode_step(setup, float(g.temperature), int(min(g.top_k, tokenizer.vocab_size)))
+  encoder_input = setup.model_cfg.architecture == 'encoder_decoder'
+  if encoder_input:
+    cache = _encode(setup, params, prompt, g.num_samples, seq_len, tokenizer.pad_id)
+    shown, prompt = prompt[1:], np.array([tokenizer.pad_id], np.int32)  # the decoder starts from the start token
+  else:
+    cache = params_lib.apply(setup.model_cfg, params).init_cache(g.num_samples, seq_len)
+    shown = np.zeros(0, np.int32)
   tokens_BS = np.full((g.num_samples, seq_len), tokenizer.pad_id, np.int32)
   tokens_BS[:, :len(prompt)] = prompt
   done_B = np.zeros(g.num_samples, bool)
   key = jax.random.PRNGKey(seed)
-  cache = params_lib.apply(setup.model_cfg, params).init_cache(g.num_samples, seq_len)
   end = min(seq_len, len(prompt) + g.max_new_tokens)
   for position in range(end - 1):  # feeds the token at `position`, predicts the one after it
     next_B, cache = decode(params, cache, tokens_BS[:, position], np.int32(position),
@@ -53,7 +64,18 @@ def sample(setup: StateSetup, params, tokenizer, g: SampleConfig, seq_len: int, 
     done_B |= next_B == tokenizer.eos_id
     if done_B.all():
       break
-  return [tokenizer.decode(row[1:]) for row in tokens_BS]
+  return [tokenizer.decode(np.concatenate([shown, row[1:]])) for row in tokens_BS]
+
+
+def _encode(setup: StateSetup, params, prompt: np.ndarray, batch: int, seq_len: int, pad_id: int) -> dict:
+  """The encoder-decoder's decoding cache for `prompt` as every row's encoder input (one document, then pads)."""
+  tokens_BT = np.full((batch, seq_len), pad_id, np.int32)
+  tokens_BT[:, :len(prompt)] = prompt
+  segments_BT = (np.arange(seq_len) < len(prompt)).astype(np.int32)[None].repeat(batch, 0)
+  mask = AttentionMask(jnp.asarray(segments_BT), jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32),
+                                                                   (batch, seq_len)), jnp.ones((batch, seq_len), bool))
+  init = jax.jit(lambda p, t, m: params_lib.apply(setup.model_cfg, p).init_cache(t, m, seq_len))
+  return init(params, jnp.asarray(tokens_BT), mask)
 
 
 def sample_checkpoint(run: Run) -> list[str]:

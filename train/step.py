@@ -9,27 +9,37 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from configs.sections import ModelConfig
 from models.attention.ring import to_zigzag
 from sharding import rules
 from train import loss as loss_lib
 from train import objectives
 from train import params as params_lib
 from train.objectives import ModelBatch, ObjectiveSpec
+from train.objectives.encoder_decoder import EncoderDecoderBatch, to_encoder_decoder
 from train.state import StateSetup
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 
-def _loss_sums(setup: StateSetup, params, mb: ModelBatch, token_bytes_V: jax.Array) -> dict[str, jax.Array]:
+def hidden(model: params_lib.Model, mb: ModelBatch | EncoderDecoderBatch) -> jax.Array:
+  """The final hidden states [B, S, D] of the batch's (decoder) tokens, for either architecture."""
+  if isinstance(mb, EncoderDecoderBatch):
+    return model.hidden(mb.inputs, mb.mask, mb.encoder_inputs, mb.encoder_mask)
+  return model.hidden(mb.inputs, mb.mask)
+
+
+def _loss_sums(setup: StateSetup, params, mb: ModelBatch | EncoderDecoderBatch,
+               token_bytes_V: jax.Array) -> dict[str, jax.Array]:
   cfg = setup.model_cfg
   model = params_lib.apply(cfg, params)
-  h_BSD = model.hidden(mb.inputs, mb.mask)
+  h_BSD = hidden(model, mb)
   return loss_lib.loss_sums(h_BSD, model.head_weights_DV(), mb.targets, mb.weights, token_bytes_V, cfg.ffn_chunk,
                             positions_BS=mb.mask.positions)
 
 
-def ring_layout(mb: ModelBatch, mesh: Mesh) -> ModelBatch:
+def ring_layout(mb: ModelBatch | EncoderDecoderBatch, mesh: Mesh) -> ModelBatch | EncoderDecoderBatch:
   """Zig-zag the sequence for ring attention so each device holds one early and one late chunk (causal balance).
 
   Applied after the objective (targets are already aligned), to every [B, S] array alike; attention masks by
@@ -38,9 +48,13 @@ def ring_layout(mb: ModelBatch, mesh: Mesh) -> ModelBatch:
   return to_zigzag(mb, math.prod(mesh.shape[a] for a in rules.mesh_axes('length')))
 
 
-def _objective(name: str, mesh: Mesh, attention: str) -> Callable:
+def _objective(name: str, mesh: Mesh, model_cfg: ModelConfig) -> Callable:
+  """The objective's batch for the model: its decoder form, adapted for the encoder-decoder, in ring layout."""
   make_batch = objectives.get(name)
-  if attention != 'ring':
+  if model_cfg.architecture == 'encoder_decoder':
+    decoder_form = make_batch
+    make_batch = lambda batch, rng, spec: to_encoder_decoder(decoder_form(batch, rng, spec), spec)
+  if model_cfg.attention != 'ring':
     return make_batch
   return lambda batch, rng, spec: ring_layout(make_batch(batch, rng, spec), mesh)
 
@@ -59,14 +73,14 @@ def make_train_step(setup: StateSetup, mesh: Mesh, objective: str, spec: Objecti
   With grad_accum_steps > 1 the batch's gradient is summed over that many microbatches in turn (activations for
   one microbatch at a time), then one optimizer update: the same step as one big batch, up to float rounding.
   """
-  make_batch = _objective(objective, mesh, setup.model_cfg.attention)
+  make_batch = _objective(objective, mesh, setup.model_cfg)
   token_bytes_V = jnp.asarray(token_bytes, jnp.int32)
 
   def step(state, batch: Batch):
     mb = make_batch(batch, jax.random.fold_in(state['rng'], state['step']), spec)
     scored = jnp.maximum(mb.weights.sum(), 1.0)  # the whole batch's, so microbatch losses add up to its mean
 
-    def loss_fn(params, mb: ModelBatch):
+    def loss_fn(params, mb: ModelBatch | EncoderDecoderBatch):
       sums = _loss_sums(setup, params, mb, token_bytes_V)
       return sums['loss'] / scored, sums
 
@@ -97,7 +111,7 @@ def make_train_step(setup: StateSetup, mesh: Mesh, objective: str, spec: Objecti
 def make_eval_step(setup: StateSetup, mesh: Mesh, objective: str, spec: ObjectiveSpec,
                    token_bytes: np.ndarray) -> Callable:
   """params, batch, rng -> loss sums (add them over batches, then `summarize`)."""
-  make_batch = _objective(objective, mesh, setup.model_cfg.attention)
+  make_batch = _objective(objective, mesh, setup.model_cfg)
   token_bytes_V = jnp.asarray(token_bytes, jnp.int32)
 
   def step(params, batch: Batch, rng: jax.Array):

@@ -213,24 +213,24 @@ def delta(do_BKGSE: jax.Array, out_BKGSE: jax.Array) -> jax.Array:
   return jnp.einsum('bkgse,bkgse->bkgs', do_BKGSE.astype(jnp.float32), out_BKGSE.astype(jnp.float32))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _blockwise(q_BKGSE: jax.Array, k_BKSE: jax.Array, v_BKSE: jax.Array, mask: AttentionMask, q_block: int,
-               kv_block: int) -> jax.Array:
-  out_BKGSE, _, _ = forward_chunk(q_BKGSE, k_BKSE, v_BKSE, mask, mask, q_block, kv_block)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _blockwise(q_BKGSE: jax.Array, k_BKTE: jax.Array, v_BKTE: jax.Array, q_mask: AttentionMask,
+               kv_mask: AttentionMask, q_block: int, kv_block: int) -> jax.Array:
+  out_BKGSE, _, _ = forward_chunk(q_BKGSE, k_BKTE, v_BKTE, q_mask, kv_mask, q_block, kv_block)
   return out_BKGSE.astype(q_BKGSE.dtype)
 
 
-def _blockwise_fwd(q_BKGSE, k_BKSE, v_BKSE, mask, q_block, kv_block):
-  out_BKGSE, lse_BKGS, _ = forward_chunk(q_BKGSE, k_BKSE, v_BKSE, mask, mask, q_block, kv_block)
+def _blockwise_fwd(q_BKGSE, k_BKTE, v_BKTE, q_mask, kv_mask, q_block, kv_block):
+  out_BKGSE, lse_BKGS, _ = forward_chunk(q_BKGSE, k_BKTE, v_BKTE, q_mask, kv_mask, q_block, kv_block)
   out_BKGSE = out_BKGSE.astype(q_BKGSE.dtype)
-  return out_BKGSE, (q_BKGSE, k_BKSE, v_BKSE, mask, out_BKGSE, lse_BKGS)
+  return out_BKGSE, (q_BKGSE, k_BKTE, v_BKTE, q_mask, kv_mask, out_BKGSE, lse_BKGS)
 
 
 def _blockwise_bwd(q_block, kv_block, residuals, do_BKGSE):
-  q_BKGSE, k_BKSE, v_BKSE, mask, out_BKGSE, lse_BKGS = residuals
-  dq, dk, dv = backward_chunk(q_BKGSE, k_BKSE, v_BKSE, mask, mask, do_BKGSE, lse_BKGS,
+  q_BKGSE, k_BKTE, v_BKTE, q_mask, kv_mask, out_BKGSE, lse_BKGS = residuals
+  dq, dk, dv = backward_chunk(q_BKGSE, k_BKTE, v_BKTE, q_mask, kv_mask, do_BKGSE, lse_BKGS,
                               delta(do_BKGSE, out_BKGSE), q_block, kv_block)
-  return dq.astype(q_BKGSE.dtype), dk.astype(k_BKSE.dtype), dv.astype(v_BKSE.dtype), None
+  return dq.astype(q_BKGSE.dtype), dk.astype(k_BKTE.dtype), dv.astype(v_BKTE.dtype), None, None
 
 
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
@@ -249,7 +249,10 @@ def from_internal(out_BKGSE: jax.Array) -> jax.Array:
   return out_BKGSE.transpose(0, 3, 1, 2, 4).reshape(B, S, K * G, E)
 
 
-def blockwise_attention(q_BSHE: jax.Array, k_BSKE: jax.Array, v_BSKE: jax.Array, mask: AttentionMask,
-                        q_block: int, kv_block: int) -> jax.Array:
-  q_block, kv_block = block_sizes(q_BSHE.shape[1], q_block, kv_block)
-  return from_internal(_blockwise(*to_internal(q_BSHE, k_BSKE, v_BSKE), mask, q_block, kv_block))
+def blockwise_attention(q_BSHE: jax.Array, k_BTKE: jax.Array, v_BTKE: jax.Array, mask: AttentionMask,
+                        q_block: int, kv_block: int, kv_mask: AttentionMask | None = None) -> jax.Array:
+  """kv_mask describes the keys when they are another sequence than the queries (cross-attention)."""
+  q_block = block_sizes(q_BSHE.shape[1], q_block, q_block)[0]
+  kv_block = block_sizes(k_BTKE.shape[1], kv_block, kv_block)[1]
+  return from_internal(_blockwise(*to_internal(q_BSHE, k_BTKE, v_BTKE), mask, mask if kv_mask is None else kv_mask,
+                                  q_block, kv_block))

@@ -15,18 +15,22 @@ from models.attention.vanilla import vanilla_attention
 
 # Keyed by configs.sections.ATTENTION_KINDS (a test keeps them equal).
 PATHS: dict[str, Callable[..., jax.Array]] = {
-    'vanilla': lambda q, k, v, mask, q_block, kv_block: vanilla_attention(q, k, v, mask),
+    'vanilla': lambda q, k, v, mask, q_block, kv_block, kv_mask=None: vanilla_attention(q, k, v, mask, kv_mask),
     'blockwise': blockwise_attention,
     'ring': ring_attention,
 }
 
 
-def attend(q_BSHE: jax.Array, k_BSKE: jax.Array, v_BSKE: jax.Array, mask: AttentionMask, *, kind: str = 'vanilla',
-           q_block: int = 128, kv_block: int = 128) -> jax.Array:
-  """Scaled dot-product attention with GQA; softmax statistics in float32, output in q's dtype."""
-  H, K = q_BSHE.shape[2], k_BSKE.shape[2]
+def attend(q_BSHE: jax.Array, k_BTKE: jax.Array, v_BTKE: jax.Array, mask: AttentionMask, *, kind: str = 'vanilla',
+           q_block: int = 128, kv_block: int = 128, kv_mask: AttentionMask | None = None) -> jax.Array:
+  """Scaled dot-product attention with GQA; softmax statistics in float32, output in q's dtype.
+
+  Self-attention by default; with kv_mask the keys are another sequence described by it (cross-attention: query i
+  sees key j under the same rule, e.g. every key of its segment when kv_mask marks them all bidirectional).
+  A query that sees no key gets output 0 on every path."""
+  H, K = q_BSHE.shape[2], k_BTKE.shape[2]
   if H % K:
     raise ValueError(f'num_heads={H} must be a multiple of num_kv_heads={K}')
   if kind not in PATHS:
     raise ValueError(f'unknown attention kind {kind!r}; use one of {tuple(PATHS)}')
-  return PATHS[kind](q_BSHE, k_BSKE, v_BSKE, mask, q_block, kv_block)
+  return PATHS[kind](q_BSHE, k_BTKE, v_BTKE, mask, q_block, kv_block, kv_mask)

@@ -86,42 +86,43 @@ def _put_block(chunk: tuple, arrived: tuple, j: jax.Array, block: int) -> tuple:
   return jax.tree.map(put, chunk, arrived)
 
 
-def _forward(q_BKGSE, k_BKSE, v_BKSE, mask, ring: Ring, q_block: int, kv_block: int) -> tuple:
+def _forward(q_BKGSE, k_BKSE, v_BKSE, q_mask, kv_mask, ring: Ring, q_block: int, kv_block: int) -> tuple:
   """Returns (out_BKGSE float32, lse_BKGS, visited block pairs) after every device's k/v chunk has visited.
 
   Hop t, block j: send block j of the visiting chunk on (it does not wait for this block's compute), fold it into
   the softmax, then store the block arriving from the previous device in its place. After the hop the buffer holds
-  the next chunk; the only extra memory is one block in flight, not a second chunk.
+  the next chunk; the only extra memory is one block in flight, not a second chunk. The visiting chunks carry
+  kv_mask (the queries' own mask in self-attention, the encoder's in cross-attention).
   """
-  q_summary = bw.summarize(mask, q_block)
+  q_summary = bw.summarize(q_mask, q_block)
 
   def hop(carry, send: bool):
     def block(j, carry):
       softmax, visited, chunk = carry
-      k_BKJE, v_BKJE, kv_mask = _take_block(chunk, j, kv_block)
-      arrived = _rotate((k_BKJE, v_BKJE, kv_mask), ring) if send else None
-      softmax, visited = bw.forward_kv_block(softmax, visited, q_BKGSE, mask, q_summary, k_BKJE, v_BKJE, kv_mask,
-                                             q_block)
+      k_BKJE, v_BKJE, block_mask = _take_block(chunk, j, kv_block)
+      arrived = _rotate((k_BKJE, v_BKJE, block_mask), ring) if send else None
+      softmax, visited = bw.forward_kv_block(softmax, visited, q_BKGSE, q_mask, q_summary, k_BKJE, v_BKJE,
+                                             block_mask, q_block)
       return softmax, visited, _put_block(chunk, arrived, j, kv_block) if send else chunk
 
     return lax.fori_loop(0, k_BKSE.shape[2] // kv_block, block, carry)
 
-  carry = (bw.Softmax.start(q_BKGSE), jnp.int32(0), (k_BKSE, v_BKSE, mask))
+  carry = (bw.Softmax.start(q_BKGSE), jnp.int32(0), (k_BKSE, v_BKSE, kv_mask))
   carry = lax.fori_loop(0, ring.size - 1, lambda _, carry: hop(carry, send=True), carry)
   softmax, visited, _ = hop(carry, send=False)
   return *softmax.finish(), visited
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _ring(q_BKGSE, k_BKSE, v_BKSE, mask, ring, q_block, kv_block):
-  out_BKGSE, _, _ = _forward(q_BKGSE, k_BKSE, v_BKSE, mask, ring, q_block, kv_block)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _ring(q_BKGSE, k_BKSE, v_BKSE, q_mask, kv_mask, ring, q_block, kv_block):
+  out_BKGSE, _, _ = _forward(q_BKGSE, k_BKSE, v_BKSE, q_mask, kv_mask, ring, q_block, kv_block)
   return out_BKGSE.astype(q_BKGSE.dtype)
 
 
-def _ring_fwd(q_BKGSE, k_BKSE, v_BKSE, mask, ring, q_block, kv_block):
-  out_BKGSE, lse_BKGS, _ = _forward(q_BKGSE, k_BKSE, v_BKSE, mask, ring, q_block, kv_block)
+def _ring_fwd(q_BKGSE, k_BKSE, v_BKSE, q_mask, kv_mask, ring, q_block, kv_block):
+  out_BKGSE, lse_BKGS, _ = _forward(q_BKGSE, k_BKSE, v_BKSE, q_mask, kv_mask, ring, q_block, kv_block)
   out_BKGSE = out_BKGSE.astype(q_BKGSE.dtype)
-  return out_BKGSE, (q_BKGSE, k_BKSE, v_BKSE, mask, out_BKGSE, lse_BKGS)
+  return out_BKGSE, (q_BKGSE, k_BKSE, v_BKSE, q_mask, kv_mask, out_BKGSE, lse_BKGS)
 
 
 def _ring_bwd(ring, q_block, kv_block, residuals, do_BKGSE):
@@ -131,20 +132,20 @@ def _ring_bwd(ring, q_block, kv_block, residuals, do_BKGSE):
   next block's compute, and land in the slot the block just left (hence at least two kv blocks per chunk). The
   n-th send brings each chunk's gradients home.
   """
-  q_BKGSE, k_BKSE, v_BKSE, mask, out_BKGSE, lse_BKGS = residuals
+  q_BKGSE, k_BKSE, v_BKSE, q_mask, kv_mask, out_BKGSE, lse_BKGS = residuals
   delta_BKGS = bw.delta(do_BKGSE, out_BKGSE)
-  q_summary = bw.summarize(mask, q_block)
+  q_summary = bw.summarize(q_mask, q_block)
   blocks = k_BKSE.shape[2] // kv_block
 
   def hop(carry, send: bool):
     def block(j, carry):
       dq_BKGSE, chunk, grads, done = carry
-      k_BKJE, v_BKJE, kv_mask = _take_block(chunk, j, kv_block)
-      arrived = _rotate((k_BKJE, v_BKJE, kv_mask), ring) if send else None
+      k_BKJE, v_BKJE, block_mask = _take_block(chunk, j, kv_block)
+      arrived = _rotate((k_BKJE, v_BKJE, block_mask), ring) if send else None
       arrived_done = _rotate(done, ring)  # the previous block's finished dk/dv
       dq_BKGSE, dk_BKJE, dv_BKJE = bw.backward_kv_block(
           (dq_BKGSE, *(bw.take(g, j, kv_block, axis=2) for g in grads)), q_BKGSE, do_BKGSE, lse_BKGS, delta_BKGS,
-          mask, q_summary, k_BKJE, v_BKJE, kv_mask, q_block)
+          q_mask, q_summary, k_BKJE, v_BKJE, block_mask, q_block)
       grads = _put_block(grads, arrived_done, (j - 1) % blocks, kv_block)
       return dq_BKGSE, _put_block(chunk, arrived, j, kv_block) if send else chunk, grads, (dk_BKJE, dv_BKJE)
 
@@ -152,20 +153,24 @@ def _ring_bwd(ring, q_block, kv_block, residuals, do_BKGSE):
 
   zeros_BKSE = jnp.zeros(k_BKSE.shape, jnp.float32)
   zeros_BKJE = jnp.zeros(k_BKSE.shape[:2] + (kv_block,) + k_BKSE.shape[3:], jnp.float32)
-  carry = (jnp.zeros(q_BKGSE.shape, jnp.float32), (k_BKSE, v_BKSE, mask), (zeros_BKSE, zeros_BKSE),
+  carry = (jnp.zeros(q_BKGSE.shape, jnp.float32), (k_BKSE, v_BKSE, kv_mask), (zeros_BKSE, zeros_BKSE),
            (zeros_BKJE, zeros_BKJE))
   carry = lax.fori_loop(0, ring.size - 1, lambda _, carry: hop(carry, send=True), carry)
   dq_BKGSE, _, grads, done = hop(carry, send=False)
   dk_BKSE, dv_BKSE = _put_block(grads, _rotate(done, ring), blocks - 1, kv_block)
-  return dq_BKGSE.astype(q_BKGSE.dtype), dk_BKSE.astype(k_BKSE.dtype), dv_BKSE.astype(v_BKSE.dtype), None
+  return dq_BKGSE.astype(q_BKGSE.dtype), dk_BKSE.astype(k_BKSE.dtype), dv_BKSE.astype(v_BKSE.dtype), None, None
 
 
 _ring.defvjp(_ring_fwd, _ring_bwd)
 
 
 def ring_attention(q_BSHE: jax.Array, k_BSKE: jax.Array, v_BSKE: jax.Array, mask: AttentionMask, q_block: int,
-                   kv_block: int) -> jax.Array:
-  """Global arrays in, global array out, on the mesh set by jax.set_mesh; the axes come from the active rules."""
+                   kv_block: int, kv_mask: AttentionMask | None = None) -> jax.Array:
+  """Global arrays in, global array out, on the mesh set by jax.set_mesh; the axes come from the active rules.
+
+  kv_mask describes the keys when they are another sequence than the queries (cross-attention over a sequence-
+  sharded encoder output): its k/v chunks go round the ring like self-attention's. Both sequences must have the
+  same length, split alike."""
   mesh = jax.sharding.get_abstract_mesh()
   length_axes = rules.mesh_axes('length')
   sizes = {} if mesh.empty else dict(mesh.shape)
@@ -174,6 +179,9 @@ def ring_attention(q_BSHE: jax.Array, k_BSKE: jax.Array, v_BSKE: jax.Array, mask
                      f'split over one mesh axis of size > 1 set by jax.set_mesh(mesh), e.g. sequence; got '
                      f'{sizes or "no mesh"}. Use blockwise attention instead.')
   ring = Ring(length_axes[0], sizes[length_axes[0]])
+  if k_BSKE.shape[1] != q_BSHE.shape[1]:
+    raise ValueError(f'ring attention needs queries and keys of one length; got {q_BSHE.shape[1]} and '
+                     f'{k_BSKE.shape[1]}')
   if q_BSHE.shape[1] % ring.size:
     raise ValueError(f'sequence length {q_BSHE.shape[1]} must be divisible by the {ring.axis} axis size {ring.size}')
   q_block, kv_block = block_sizes(q_BSHE.shape[1] // ring.size, q_block, kv_block)
@@ -181,12 +189,12 @@ def ring_attention(q_BSHE: jax.Array, k_BSKE: jax.Array, v_BSKE: jax.Array, mask
   kv_spec = rules.logical_to_spec(('batch', 'length', 'kv_heads', None))
   mask_spec = rules.logical_to_spec(('batch', 'length'))
 
-  def local_attention(q_BSHE, k_BSKE, v_BSKE, mask):
-    out_BKGSE = _ring(*bw.to_internal(q_BSHE, k_BSKE, v_BSKE), mask, ring, q_block, kv_block)
+  def local_attention(q_BSHE, k_BSKE, v_BSKE, q_mask, kv_mask):
+    out_BKGSE = _ring(*bw.to_internal(q_BSHE, k_BSKE, v_BSKE), q_mask, kv_mask, ring, q_block, kv_block)
     return bw.from_internal(out_BKGSE)
 
-  specs = (q_spec, kv_spec, kv_spec, mask_spec)
-  args = (q_BSHE, k_BSKE, v_BSKE, mask)
+  specs = (q_spec, kv_spec, kv_spec, mask_spec, mask_spec)
+  args = (q_BSHE, k_BSKE, v_BSKE, mask, mask if kv_mask is None else kv_mask)
   explicit = bool(mesh.explicit_axes)  # explicit-sharding meshes type arrays: move them to the ring layout and back
   if explicit:
     args = jax.sharding.reshard(args, specs)
