@@ -61,7 +61,8 @@ def _run(config: Config, workdir: str, mode: str) -> None:
     return
   import jax
 
-  from configs.validate import validate
+  from configs.validate import attention_kernel, validate
+  from models.attention import dispatch
 
   _init_distributed()
   validate(config, jax.device_count())
@@ -70,6 +71,8 @@ def _run(config: Config, workdir: str, mode: str) -> None:
   runtime = Runtime(config)
   if runtime.is_main:
     _write_config(config, workdir)
+    kernel, why = attention_kernel(config, dispatch.target_platform())
+    print(f'{config.model.attention} attention, {kernel} kernel: {why}', flush=True)
   JOBS[mode](runtime, config, workdir)
 
 

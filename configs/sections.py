@@ -25,6 +25,7 @@ from configs.errors import ConfigError
 # are keyed by these names; tests keep the two equal.
 OBJECTIVES = ('causal', 'prefix_lm', 'masked_lm')
 ATTENTION_KINDS = ('vanilla', 'blockwise', 'ring')
+ATTENTION_KERNELS = ('auto', 'jax', 'pallas')
 FFN_KINDS = ('standard', 'blockwise')
 DTYPES = ('float32', 'bfloat16')
 TOKENIZERS = ('sentencepiece', 'byte')
@@ -177,6 +178,7 @@ class ModelConfig(Section):
   head_dim: int = field(non_negative_int)
   d_ff: int = field(positive_int)
   attention: str = field(one_of(*ATTENTION_KINDS), default='vanilla')
+  attention_kernel: str = field(one_of(*ATTENTION_KERNELS), default='auto')
   ffn: str = field(one_of(*FFN_KINDS), default='standard')
   q_block: int = field(positive_int, default=128)
   kv_block: int = field(positive_int, default=128)

@@ -21,6 +21,9 @@ OBJECTIVES: dict[str, Objective] = {
     'prefix_lm': prefix_lm.make_batch,
     'masked_lm': masked_lm.make_batch,
 }
+# The static bidirectional pattern of each objective's masks (AttentionMask.kind): which fused kernels serve it.
+MASK_KINDS: dict[str, str] = {'causal': causal.MASK_KIND, 'prefix_lm': prefix_lm.MASK_KIND,
+                              'masked_lm': masked_lm.MASK_KIND}
 
 
 def get(name: str) -> Objective:
