@@ -88,6 +88,8 @@ def get_config() -> ml_collections.ConfigDict:
   t.eval_batches = 8  # validation batches per evaluation
   t.eval_probes = True  # also score the shared probes (train/probes.py) that compare objectives
   t.peak_flops_per_device = 0.0  # for MFU; 0 = look up by device kind (unknown kinds report no MFU)
+  t.profile_start = 1  # first step (0-based) of a jax.profiler trace into WORKDIR/profile; step 0 compiles
+  t.profile_steps = 0  # steps traced from profile_start; 0 = no trace
 
   c.checkpoint = k = ml_collections.ConfigDict()
   k.every_steps = 200  # steps between checkpoints (also saved at the end)

@@ -268,6 +268,14 @@ class TrainConfig(Section):
   eval_batches: int = field(positive_int)
   eval_probes: bool = field(boolean)
   peak_flops_per_device: float = field(non_negative)
+  profile_start: int = field(non_negative_int)
+  profile_steps: int = field(non_negative_int)
+
+  def _check(self) -> None:
+    end = self.profile_start + self.profile_steps
+    if self.profile_steps and end > self.steps:
+      self._fail('profile_steps', f'traces steps {self.profile_start}..{end - 1} (0-based) but train.steps='
+                 f'{self.steps} runs 0..{self.steps - 1}; lower train.profile_start or train.profile_steps')
 
 
 @dataclasses.dataclass(frozen=True)
