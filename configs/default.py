@@ -91,6 +91,9 @@ def get_config() -> ml_collections.ConfigDict:
   t.profile_start = 1  # first step (0-based) of a jax.profiler trace into WORKDIR/profile; step 0 compiles
   t.profile_steps = 0  # steps traced from profile_start; 0 = no trace
 
+  c.estimate = e = ml_collections.ConfigDict()
+  e.topology = ''  # --mode=estimate: compile for this TPU topology instead (e.g. v5e:2x2, v5p:2x2x1); needs libtpu
+
   c.checkpoint = k = ml_collections.ConfigDict()
   k.every_steps = 200  # steps between checkpoints (also saved at the end)
   k.keep = 3  # checkpoints kept

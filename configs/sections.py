@@ -279,6 +279,14 @@ class TrainConfig(Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class EstimateConfig(Section):
+  """--mode=estimate: which devices the train step is compiled for ('' = this machine's)."""
+
+  name: ClassVar[str] = 'estimate'
+  topology: str = field(text)
+
+
+@dataclasses.dataclass(frozen=True)
 class CheckpointConfig(Section):
   name: ClassVar[str] = 'checkpoint'
   every_steps: int = field(positive_int)
@@ -418,8 +426,8 @@ class ScalingConfig(Section):
 
 
 SECTIONS: dict[str, type[Section]] = {s.name: s for s in (
-    ObjectivesConfig, ModelConfig, DataConfig, TrainConfig, CheckpointConfig, MeshConfig, SampleConfig,
-    CompareConfig, ScalingConfig)}
+    ObjectivesConfig, ModelConfig, DataConfig, TrainConfig, EstimateConfig, CheckpointConfig, MeshConfig,
+    SampleConfig, CompareConfig, ScalingConfig)}
 TOP_LEVEL = {'seed': non_negative_int, 'objective': one_of(*OBJECTIVES)}
 
 
@@ -434,6 +442,7 @@ class Config:
   model: ModelConfig
   data: DataConfig
   train: TrainConfig
+  estimate: EstimateConfig
   checkpoint: CheckpointConfig
   mesh: MeshConfig
   sample: SampleConfig
