@@ -1,15 +1,23 @@
 PY := .venv/bin/python
-STAMP := .venv/.requirements-installed
+PYTHON ?= python3
+# cpu (default), tpu (a TPU VM: libtpu) or cuda (an NVIDIA GPU node: the CUDA 12 plugin); pins in requirements*.txt
+ACCEL ?= cpu
+ACCELS := cpu tpu cuda
+ifeq ($(filter $(ACCEL),$(ACCELS)),)
+$(error ACCEL=$(ACCEL): use one of $(ACCELS), e.g. make setup ACCEL=tpu)
+endif
+REQUIREMENTS := $(if $(filter cpu,$(ACCEL)),requirements.txt,requirements-$(ACCEL).txt)
+STAMP := .venv/.requirements$(if $(filter cpu,$(ACCEL)),,-$(ACCEL))-installed
 
 .PHONY: setup train test test-interop
 
 setup: $(STAMP)
 
-# Rebuilt only when requirements.txt changes, so `make setup` is a no-op when current.
-$(STAMP): requirements.txt
-	test -x $(PY) || python3 -m venv .venv
+# Rebuilt only when its requirements change, so `make setup` is a no-op when current.
+$(STAMP): requirements.txt $(REQUIREMENTS)
+	test -x $(PY) || $(PYTHON) -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r $(REQUIREMENTS)
 	touch $(STAMP)
 
 train: setup

@@ -74,15 +74,24 @@ def _run(config: Config, workdir: str, mode: str) -> None:
     return
   import jax
 
-  from configs.validate import validate
+  from configs.validate import attention_kernel, validate
+  from models.attention import dispatch
 
   _init_distributed()
-  validate(config, jax.device_count())
+  devices = None
+  if mode == 'estimate' and config.estimate.topology:
+    from train import estimate
+
+    devices = estimate.topology_devices(config.estimate.topology)
+  platform = devices[0].platform if devices else dispatch.target_platform()
+  validate(config, len(devices) if devices else jax.device_count(), platform)
   from train.runtime import Runtime  # orbax and the trainer, once the config has passed
 
-  runtime = Runtime(config)
+  runtime = Runtime(config, devices)
   if runtime.is_main:
     _write_config(config, workdir)
+    kernel, why = attention_kernel(config, platform)
+    print(f'{config.model.attention} attention, {kernel} kernel: {why}', flush=True)
   JOBS[mode](runtime, config, workdir)
 
 

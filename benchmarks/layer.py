@@ -30,11 +30,12 @@ LAYERS = {'vanilla': ('vanilla', 'standard'), 'blockwise': ('blockwise', 'standa
 
 def layer_config(layer: str, d_model: int, heads: int, head_dim: int, d_ff: int, dtype: str, q_block: int = 128,
                  kv_block: int = 128, ffn_block: int = 128) -> ModelConfig:
-  """A ModelConfig for one block; vocab and depth do not matter to a single Block."""
+  """A ModelConfig for one block; vocab and depth do not matter to a single Block. The pure-JAX attention kernels
+  (model.attention_kernel=jax), so each layer is what its name says on every platform."""
   attention, ffn = LAYERS[layer]
   return ModelConfig(vocab_size=1, num_layers=1, d_model=d_model, num_heads=heads, num_kv_heads=heads,
                      head_dim=head_dim, d_ff=d_ff, attention=attention, ffn=ffn, q_block=q_block, kv_block=kv_block,
-                     ffn_block=ffn_block, dtype=dtype)
+                     ffn_block=ffn_block, dtype=dtype, attention_kernel='jax')
 
 
 def compile_layer(cfg: ModelConfig, batch: int, seq_len: int) -> jax.stages.Compiled:

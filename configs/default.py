@@ -51,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.head_dim = 0  # E: per-head width; 0 means d_model // num_heads
   m.d_ff = 512  # F: SwiGLU hidden width
   m.attention = 'vanilla'  # vanilla | blockwise | ring
+  m.attention_kernel = 'auto'  # auto | jax | pallas: blockwise attention fused (splash on TPU, Triton on GPU)
   m.ffn = 'standard'  # standard | blockwise (BPT: the MLP applied per sequence chunk)
   m.q_block = 128  # query block length for blockwise and ring attention
   m.kv_block = 128  # key/value block length for blockwise and ring attention
@@ -98,6 +99,11 @@ def get_config() -> ml_collections.ConfigDict:
   t.eval_batches = 8  # validation batches per evaluation
   t.eval_probes = True  # also score the shared probes (train/probes.py) that compare objectives
   t.peak_flops_per_device = 0.0  # for MFU; 0 = look up by device kind (unknown kinds report no MFU)
+  t.profile_start = 1  # first step (0-based) of a jax.profiler trace into WORKDIR/profile; step 0 compiles
+  t.profile_steps = 0  # steps traced from profile_start; 0 = no trace
+
+  c.estimate = e = ml_collections.ConfigDict()
+  e.topology = ''  # --mode=estimate: compile for this TPU topology instead (e.g. v5e:2x2, v5p:2x2x1); needs libtpu
 
   c.checkpoint = k = ml_collections.ConfigDict()
   k.every_steps = 200  # steps between checkpoints (also saved at the end)

@@ -29,6 +29,7 @@ OBJECTIVES = ('causal', 'prefix_lm', 'masked_lm', 'span_corruption', 'ul2')
 UL2_MODES = ('R', 'S', 'X')  # regular and extreme span corruption, sequential (prefix LM)
 ATTENTION_KINDS = ('vanilla', 'blockwise', 'ring')
 ARCHITECTURES = ('decoder', 'encoder_decoder')
+ATTENTION_KERNELS = ('auto', 'jax', 'pallas')
 FFN_KINDS = ('standard', 'blockwise')
 DTYPES = ('float32', 'bfloat16')
 TOKENIZERS = ('sentencepiece', 'byte')
@@ -265,6 +266,7 @@ class ModelConfig(Section):
   head_dim: int = field(non_negative_int)
   d_ff: int = field(positive_int)
   attention: str = field(one_of(*ATTENTION_KINDS), default='vanilla')
+  attention_kernel: str = field(one_of(*ATTENTION_KERNELS), default='auto')
   ffn: str = field(one_of(*FFN_KINDS), default='standard')
   q_block: int = field(positive_int, default=128)
   kv_block: int = field(positive_int, default=128)
@@ -359,6 +361,29 @@ class TrainConfig(Section):
   eval_batches: int = field(positive_int)
   eval_probes: bool = field(boolean)
   peak_flops_per_device: float = field(non_negative)
+  profile_start: int = field(non_negative_int)
+  profile_steps: int = field(non_negative_int)
+
+  def _check(self) -> None:
+    end = self.profile_start + self.profile_steps
+    if self.profile_steps and end > self.steps:
+      self._fail('profile_steps', f'traces steps {self.profile_start}..{end - 1} (0-based) but train.steps='
+                 f'{self.steps} runs 0..{self.steps - 1}; lower train.profile_start or train.profile_steps')
+
+
+def tpu_topology(v: Any) -> str | None:
+  """'' or a TPU generation and chip grid as jax.experimental.topologies names them (v5e:2x2, v5p:2x2x1)."""
+  if isinstance(v, str) and (not v or re.fullmatch(r'v\w+:\d+(x\d+)+', v)):
+    return None
+  return "use '' or a TPU topology such as v5e:2x2 or v5p:2x2x1"
+
+
+@dataclasses.dataclass(frozen=True)
+class EstimateConfig(Section):
+  """--mode=estimate: which devices the train step is compiled for ('' = this machine's)."""
+
+  name: ClassVar[str] = 'estimate'
+  topology: str = field(tpu_topology)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -501,8 +526,8 @@ class ScalingConfig(Section):
 
 
 SECTIONS: dict[str, type[Section]] = {s.name: s for s in (
-    ObjectivesConfig, ModelConfig, DataConfig, TrainConfig, CheckpointConfig, MeshConfig, SampleConfig,
-    CompareConfig, ScalingConfig)}
+    ObjectivesConfig, ModelConfig, DataConfig, TrainConfig, EstimateConfig, CheckpointConfig, MeshConfig,
+    SampleConfig, CompareConfig, ScalingConfig)}
 TOP_LEVEL = {'seed': non_negative_int, 'objective': one_of(*OBJECTIVES)}
 
 
@@ -517,6 +542,7 @@ class Config:
   model: ModelConfig
   data: DataConfig
   train: TrainConfig
+  estimate: EstimateConfig
   checkpoint: CheckpointConfig
   mesh: MeshConfig
   sample: SampleConfig

@@ -2,7 +2,8 @@
 ConfigError line. A section's own fields are checked when it is built (configs/sections.py).
 
 Spanning rules: the mesh against the devices, the attention path against the sequence axis, block and chunk
-lengths against each device's share of the sequence, sizes against the axes that split them.
+lengths against each device's share of the sequence, sizes against the axes that split them, the attention kernel
+against the platform and the objective's masks.
 """
 
 import math
@@ -10,9 +11,11 @@ import math
 from configs.errors import ConfigError
 from configs.sections import Config
 from data import tokenizers
+from models.attention import dispatch
 from models.attention.blockwise import effective_block
 from sharding import rules
 from sharding.mesh import mesh_shape
+from train import objectives
 
 
 def _check_blocks(config: Config, sizes: dict[str, int], length_axes: tuple[str, ...]) -> None:
@@ -57,7 +60,19 @@ def _check_sentinels(config: Config) -> None:
 NO_ENCODER_INPUT = {'causal': 'has no input part to encode', 'masked_lm': 'predicts its inputs in place'}
 
 
-def validate(config: Config, num_devices: int) -> None:
+def attention_kernel(config: Config, platform: str) -> tuple[str, str]:
+  """('pallas' or 'jax', why) for the objective's masks on `platform`: what every trace of the model will pick
+  (dispatch.choose); model.attention_kernel=pallas where no fused kernel serves them is a ConfigError."""
+  m = config.model
+  try:
+    return dispatch.choose(m.attention_kernel, m.attention, objectives.MASK_KINDS[config.objective], platform,
+                           config.data.seq_len, m.q_block, m.kv_block)
+  except ValueError as e:
+    raise ConfigError('model.attention_kernel', m.attention_kernel, f'{e}; or use auto or jax') from None
+
+
+def validate(config: Config, num_devices: int, platform: str | None = None) -> None:
+  """Every spanning rule, for `num_devices` devices of `platform` (default: the one programs are compiled for)."""
   m, d, t = config.model, config.data, config.train
   _check_sentinels(config)
   if m.architecture == 'encoder_decoder' and config.objective in NO_ENCODER_INPUT:
@@ -93,3 +108,4 @@ def validate(config: Config, num_devices: int) -> None:
   if m.ffn == 'blockwise' and m.ffn_block < local and local % m.ffn_block:
     raise ConfigError('model.ffn_block', m.ffn_block,
                       f'must divide the per-device sequence length {local} (data.seq_len split over the mesh)')
+  attention_kernel(config, platform or dispatch.target_platform())

@@ -81,7 +81,8 @@ class Attention(nnx.Module):
     q_BSHE = constrain(q_BSHE, ('batch', 'length', 'heads', None))
     k_BSKE = constrain(k_BSKE, ('batch', 'length', 'kv_heads', None))
     v_BSKE = constrain(v_BSKE, ('batch', 'length', 'kv_heads', None))
-    out_BSHE = attend(q_BSHE, k_BSKE, v_BSKE, mask, kind=cfg.attention, q_block=cfg.q_block, kv_block=cfg.kv_block)
+    out_BSHE = attend(q_BSHE, k_BSKE, v_BSKE, mask, kind=cfg.attention, q_block=cfg.q_block, kv_block=cfg.kv_block,
+                      kernel=cfg.attention_kernel)
     return self._out(out_BSHE)
 
   def decode(self, x_B1D: jax.Array, cache: tuple, position: jax.Array) -> tuple:

@@ -78,6 +78,25 @@ def constrain(x: jax.Array, axes: Sequence[str | None], rules: LogicalRules | No
   return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, rules))
 
 
+def shard_map_by_names(fn, args: tuple, in_axes: tuple, out_axes: Sequence[str | None]) -> jax.Array:
+  """fn on each device's shard of `args` (jax.shard_map over the active mesh), each argument laid out by its logical
+  axes (one tuple per argument, applied to all of its leaves) and the output by `out_axes`.
+
+  For code the partitioner cannot split by itself (ring attention's collectives, Pallas custom calls). On an
+  explicit-sharding mesh, whose arrays carry their layout in their type, the arguments move to that layout and the
+  output back to the first argument's.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  in_specs = tuple(logical_to_spec(axes) for axes in in_axes)
+  out_spec = logical_to_spec(out_axes)
+  explicit = bool(mesh.explicit_axes)
+  first_spec = jax.typeof(args[0]).sharding.spec if explicit else None
+  if explicit:
+    args = jax.sharding.reshard(args, in_specs)
+  out = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_spec, check_vma=False)(*args)
+  return jax.sharding.reshard(out, first_spec) if explicit else out
+
+
 def length_shards(rules: LogicalRules | None = None) -> int:
   """How many ways activations' `length` axis is split on the current mesh (1 where constrain is a no-op)."""
   mesh = jax.sharding.get_abstract_mesh()

@@ -12,7 +12,7 @@ import pytest
 
 from configs import default
 from configs.errors import ConfigError
-from configs.sections import ARCHITECTURES, ATTENTION_KINDS, OBJECTIVES, Config, ModelConfig
+from configs.sections import ARCHITECTURES, ATTENTION_KERNELS, ATTENTION_KINDS, OBJECTIVES, Config, ModelConfig
 from tests.conftest import ROOT
 
 LIBRARY = ('models', 'data', 'train', 'sharding', 'experiments')
@@ -36,12 +36,15 @@ def test_no_module_below_main_reads_the_ml_collections_config():
 
 
 def test_every_choice_is_listed_once_and_implemented():
-  from models.attention import PATHS
+  from models.attention import PATHS, dispatch
+  from models.attention.pallas import BIDIRECTIONAL
   from train import objectives, params
 
-  assert tuple(objectives.OBJECTIVES) == OBJECTIVES
+  assert tuple(objectives.OBJECTIVES) == OBJECTIVES == tuple(objectives.MASK_KINDS)
+  assert set(objectives.MASK_KINDS.values()) <= set(BIDIRECTIONAL)
   assert tuple(PATHS) == ATTENTION_KINDS
   assert tuple(params.MODELS) == ARCHITECTURES
+  assert dispatch.KERNELS == ATTENTION_KERNELS
 
 
 def test_model_defaults_are_the_default_config():

@@ -14,8 +14,11 @@ def read_metrics(workdir: pathlib.Path) -> list[dict]:
 
 def test_train_resume_eval_estimate(small_run_flags, tmp_path):
   workdir = tmp_path / 'run'
-  out = run_main(*small_run_flags, f'--workdir={workdir}', '--config.train.steps=6').stdout
+  out = run_main(*small_run_flags, f'--workdir={workdir}', '--config.train.steps=6', '--config.train.profile_start=2',
+                 '--config.train.profile_steps=2').stdout
   assert 'starting step 0/6' in out and 'step 6/6' in out
+  assert 'vanilla attention, jax kernel: model.attention=vanilla is the [S, S] reference' in out
+  assert list((workdir / 'profile').rglob('*.xplane.pb')) and list((workdir / 'profile').rglob('*.trace.json.gz'))
   rows = read_metrics(workdir)
   train_rows = [r for r in rows if 'train/loss' in r]
   eval_rows = [r for r in rows if 'eval/loss' in r]
@@ -77,6 +80,7 @@ def test_span_corruption_trains_and_evaluates_with_the_probes(small_run_flags, t
     ('--config.model.d_model=-8', 'model.d_model'),
     ('--config.model.nonsense=1', 'config.model.nonsense'),
     ('--config.train.eval_batches=10000', 'train.eval_batches'),  # more than the validation split holds
+    ('--config.model.attention_kernel=pallas', 'model.attention_kernel'),  # no Pallas kernel on CPU
 ])
 def test_bad_input_is_one_line_and_exit_2(small_run_flags, tmp_path, flag, key):
   (tmp_path / 'empty').mkdir()

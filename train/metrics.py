@@ -23,11 +23,12 @@ PEAK_FLOPS = {
 }
 
 
-def peak_flops_per_device(configured: float, dtype: str) -> float | None:
-  """The configured peak, else the table's for this device kind and compute dtype, else None (no MFU reported)."""
+def peak_flops_per_device(configured: float, dtype: str, kind: str | None = None) -> float | None:
+  """The configured peak, else the table's for this device kind (default: this machine's) and compute dtype, else
+  None (no MFU reported)."""
   if configured > 0:
     return configured
-  kind = jax.devices()[0].device_kind
+  kind = kind or jax.devices()[0].device_kind
   return next((v[dtype] for k, v in PEAK_FLOPS.items() if kind.startswith(k)), None)
 
 

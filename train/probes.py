@@ -34,7 +34,7 @@ from models.attention import AttentionMask
 from train import loss as loss_lib
 from train import params as params_lib
 from train import step as step_lib
-from train.objectives import causal, prefix_lm
+from train.objectives import causal, masked_lm, prefix_lm
 from train.objectives.base import ModelBatch, ObjectiveSpec
 
 READINGS = ('suffix_causal', 'suffix_prefix', 'suffix_masked', 'cloze_causal', 'cloze_bidirectional')
@@ -66,7 +66,7 @@ def make_probe_sums(model_cfg: ModelConfig, spec: ObjectiveSpec, token_bytes: np
 
     tokens_BS, seg_BS = batch['tokens'], batch['segment_ids']
     real_BS = seg_BS != 0
-    both_ways = AttentionMask(seg_BS, batch['positions'], real_BS)
+    both_ways = AttentionMask(seg_BS, batch['positions'], real_BS, kind=masked_lm.MASK_KIND)
     split_rng, cloze_rng = jax.random.split(rng)  # the split is fixed, so split_rng changes nothing
     prefix = prefix_lm.make_batch(batch, split_rng, split_spec)  # targets t + 1, scored where t + 1 is in the suffix
     plain = causal.make_batch(batch, split_rng, spec)

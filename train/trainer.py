@@ -19,6 +19,7 @@ from train import params as params_lib
 from train import step as step_lib
 from train.evaluate import evaluate, make_eval_step, make_probe_step
 from train.metrics import MetricsWriter, Progress, loss_by_position, peak_flops_per_device, plot_loss_by_position
+from train.profile import StepProfiler
 from train.runtime import Run
 
 
@@ -102,8 +103,11 @@ def _train_loop(run: Run, ckpt: checkpoint_lib.Checkpointer, preemption: Preempt
   if start == 0 and t.eval_every:  # the untrained baseline, so curves start where training starts
     writer.write(0, evaluate(run, state['params'], eval_step, probe_step))
   tick, tick_step = time.time(), start
+  profiler = StepProfiler(run.workdir, t.profile_start, t.profile_steps)
   for step in range(start, t.steps):
-    state, metrics = train_step(state, run.runtime.global_batch(run.data.train.batch(step, t.batch_size)))
+    with profiler.step(step):
+      state, metrics = train_step(state, run.runtime.global_batch(run.data.train.batch(step, t.batch_size)))
+    profiler.done(step, state)
     done = step + 1
     is_last = done == t.steps
     preempted = preemption.should_stop(done)
@@ -139,5 +143,6 @@ def _train_loop(run: Run, ckpt: checkpoint_lib.Checkpointer, preemption: Preempt
       if is_main:
         print(f'preempted: saved step {done}; run the same command again to resume', flush=True)
       break
+  profiler.close()
   writer.close()
   return last_eval

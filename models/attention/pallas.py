@@ -67,20 +67,6 @@ def unsupported_reason(platform: str, kind: MaskKind, seq_len: int, q_block: int
   return None
 
 
-def resolve_kernel(setting: str, platform: str, kind: MaskKind, seq_len: int, q_block: int, kv_block: int) -> str:
-  """`model.attention_kernel` -> 'pallas' or 'jax': auto takes Pallas where it can, pallas insists (ValueError)."""
-  if setting == 'jax':
-    return 'jax'
-  reason = unsupported_reason(platform, kind, seq_len, q_block, kv_block)
-  if setting == 'auto':
-    return 'jax' if reason else 'pallas'
-  if setting != 'pallas':
-    raise ValueError(f'unknown attention kernel {setting!r}; use auto, jax or pallas')
-  if reason:
-    raise ValueError(reason)
-  return 'pallas'
-
-
 def pallas_attention(q_BSHE: jax.Array, k_BSKE: jax.Array, v_BSKE: jax.Array, mask: AttentionMask, *,
                      kind: MaskKind = MaskKind(), platform: str, interpret: bool = False, q_block: int = 128,
                      kv_block: int = 128) -> jax.Array:

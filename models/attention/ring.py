@@ -27,6 +27,12 @@ from models.attention.mask import AttentionMask
 from sharding import rules
 
 
+Q_AXES = ('batch', 'length', 'heads', None)
+# Logical axes of q, k, v and the mask, for the shard_map of a path that runs per device.
+QKV_MASK_AXES = (Q_AXES, ('batch', 'length', 'kv_heads', None), ('batch', 'length', 'kv_heads', None),
+                 ('batch', 'length'))
+
+
 def zigzag_permutation(seq_len: int, n: int) -> np.ndarray:
   """Token order that gives device i chunks i and 2n - 1 - i: x_zigzag = x[:, perm]."""
   if seq_len % (2 * n):
@@ -185,18 +191,10 @@ def ring_attention(q_BSHE: jax.Array, k_BSKE: jax.Array, v_BSKE: jax.Array, mask
   if q_BSHE.shape[1] % ring.size:
     raise ValueError(f'sequence length {q_BSHE.shape[1]} must be divisible by the {ring.axis} axis size {ring.size}')
   q_block, kv_block = block_sizes(q_BSHE.shape[1] // ring.size, q_block, kv_block)
-  q_spec = rules.logical_to_spec(('batch', 'length', 'heads', None))
-  kv_spec = rules.logical_to_spec(('batch', 'length', 'kv_heads', None))
-  mask_spec = rules.logical_to_spec(('batch', 'length'))
 
   def local_attention(q_BSHE, k_BSKE, v_BSKE, q_mask, kv_mask):
     out_BKGSE = _ring(*bw.to_internal(q_BSHE, k_BSKE, v_BSKE), q_mask, kv_mask, ring, q_block, kv_block)
     return bw.from_internal(out_BKGSE)
 
-  specs = (q_spec, kv_spec, kv_spec, mask_spec, mask_spec)
-  args = (q_BSHE, k_BSKE, v_BSKE, mask, mask if kv_mask is None else kv_mask)
-  explicit = bool(mesh.explicit_axes)  # explicit-sharding meshes type arrays: move them to the ring layout and back
-  if explicit:
-    args = jax.sharding.reshard(args, specs)
-  out_BSHE = jax.shard_map(local_attention, mesh=mesh, in_specs=specs, out_specs=q_spec, check_vma=False)(*args)
-  return jax.sharding.reshard(out_BSHE, jax.typeof(q_BSHE).sharding.spec) if explicit else out_BSHE
+  return rules.shard_map_by_names(local_attention, (q_BSHE, k_BSKE, v_BSKE, mask, mask if kv_mask is None else kv_mask),
+                                  QKV_MASK_AXES + (('batch', 'length'),), Q_AXES)

@@ -23,6 +23,10 @@ OBJECTIVES: dict[str, Objective] = {
     'span_corruption': span_corruption.make_batch,
     'ul2': ul2.make_batch,
 }
+# The static bidirectional pattern of each objective's masks (AttentionMask.kind): which fused kernels serve it.
+MASK_KINDS: dict[str, str] = {'causal': causal.MASK_KIND, 'prefix_lm': prefix_lm.MASK_KIND,
+                              'masked_lm': masked_lm.MASK_KIND, 'span_corruption': prefix_lm.MASK_KIND,
+                              'ul2': prefix_lm.MASK_KIND}  # both rewrite rows into prefix-LM form (with_prefix)
 
 
 def get(name: str) -> Objective:

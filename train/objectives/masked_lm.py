@@ -16,6 +16,7 @@ from train.objectives.base import ModelBatch, ObjectiveSpec
 
 MASK_SHARE = 0.8  # of chosen tokens, replaced by [MASK]
 RANDOM_SHARE = 0.1  # of chosen tokens, replaced by a random ordinary token; the rest stay unchanged
+MASK_KIND = 'all'  # every real token is a bidirectional key (AttentionMask.kind)
 
 
 def make_batch(batch: dict[str, jax.Array], rng: jax.Array, spec: ObjectiveSpec) -> ModelBatch:
@@ -29,5 +30,5 @@ def make_batch(batch: dict[str, jax.Array], rng: jax.Array, spec: ObjectiveSpec)
   inputs_BS = jnp.where(how_BS < MASK_SHARE, spec.mask_id, jnp.where(how_BS < MASK_SHARE + RANDOM_SHARE,
                                                                       random_BS, tokens_BS))
   inputs_BS = jnp.where(chosen_BS, inputs_BS, tokens_BS)
-  mask = AttentionMask(segment_ids=seg_BS, positions=batch['positions'], bidirectional=real_BS)
+  mask = AttentionMask(segment_ids=seg_BS, positions=batch['positions'], bidirectional=real_BS, kind=MASK_KIND)
   return ModelBatch(inputs=inputs_BS, mask=mask, targets=tokens_BS, weights=chosen_BS.astype(jnp.float32))

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 from train.objectives import causal
 from train.objectives.base import ModelBatch, ObjectiveSpec, document_offsets
 
+MASK_KIND = 'prefix'  # a leading span of each document is bidirectional (AttentionMask.kind)
+
 
 def prefix_lengths(segment_ids_BS: jax.Array, rng: jax.Array, spec: ObjectiveSpec) -> tuple[jax.Array, jax.Array]:
   """Per token: (offset in its document, its document's prefix length k), one uniform draw per document."""
@@ -38,7 +40,8 @@ def with_prefix(batch: dict[str, jax.Array], offset_BS: jax.Array, k_BS: jax.Arr
   mb = causal.make_batch(batch, rng, spec)
   prefix_BS = (offset_BS < k_BS) & (batch['segment_ids'] != 0)
   weights_BS = mb.weights * (offset_BS + 1 >= k_BS)
-  return dataclasses.replace(mb, mask=dataclasses.replace(mb.mask, bidirectional=prefix_BS), weights=weights_BS)
+  mask = dataclasses.replace(mb.mask, bidirectional=prefix_BS, kind=MASK_KIND)
+  return dataclasses.replace(mb, mask=mask, weights=weights_BS)
 
 
 def make_batch(batch: dict[str, jax.Array], rng: jax.Array, spec: ObjectiveSpec) -> ModelBatch:

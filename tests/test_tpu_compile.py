@@ -1,0 +1,35 @@
+"""--mode=estimate --config.estimate.topology: the train step compiled ahead of time for a TPU slice this machine
+does not have (libtpu's compiler), with the jax and the pallas attention kernels; without libtpu, one line saying how
+to install it. The compile tests need libtpu (`make setup ACCEL=tpu`) and are skipped only where it is absent."""
+
+import importlib.util
+import json
+
+import pytest
+
+from tests.conftest import run_main
+
+HAS_LIBTPU = importlib.util.find_spec('libtpu') is not None
+FLAGS = ('--config=configs/tiny.py', '--mode=estimate', '--config.estimate.topology=v5e:2x2',
+         '--config.model.attention=blockwise')
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason='libtpu is not installed (make setup ACCEL=tpu)')
+@pytest.mark.parametrize('kernel', ['jax', 'pallas'])
+def test_train_step_compiles_for_a_tpu_topology(tmp_path, kernel):
+  proc = run_main(*FLAGS, f'--workdir={tmp_path}', f'--config.model.attention_kernel={kernel}')
+  assert f'blockwise attention, {kernel} kernel' in proc.stdout
+  result = json.loads((tmp_path / 'estimate.json').read_text())
+  assert result['device_kind'].startswith('TPU v5') and result['devices'] == 4
+  assert result['memory_per_device_bytes'] > result['memory_params_per_device_bytes'] > 0
+  # splash's forward, dq and dkv kernels in each of tiny's 4 layers; none with the pure-JAX kernel
+  assert result['pallas_kernel_calls'] == (12 if kernel == 'pallas' else 0)
+
+
+@pytest.mark.skipif(HAS_LIBTPU, reason='libtpu is installed')
+def test_without_libtpu_a_topology_is_one_line_naming_the_install(tmp_path):
+  proc = run_main(*FLAGS, f'--workdir={tmp_path}', check=False)
+  assert proc.returncode == 2
+  lines = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+  assert lines == ["error: estimate.topology='v5e:2x2': compiling for a TPU needs libtpu: run `make setup "
+                   "ACCEL=tpu` (or pip install -r requirements-tpu.txt)"]
