@@ -56,6 +56,10 @@ def non_negative_int(v: Any) -> str | None:
   return None if _is_int(v) and v >= 0 else 'use an integer >= 0'
 
 
+def step_or_latest(v: Any) -> str | None:
+  return None if _is_int(v) and v >= -1 else 'use a checkpoint step, or -1 for the latest'
+
+
 def positive(v: Any) -> str | None:
   return None if _is_number(v) and v > 0 else 'use a positive number'
 
@@ -225,6 +229,7 @@ class DataConfig(Section):
   vocab_size: int = field(positive_int)
   spm_model_type: str = field(one_of(*SPM_MODEL_TYPES))
   spm_max_chars: int = field(positive_int)
+  spm_model_path: str = field(text)
 
   def _check(self) -> None:
     if self.seq_len < 2:
@@ -237,6 +242,12 @@ class DataConfig(Section):
         self._fail('text_dir', 'no such folder; point it at a folder of text files')
       if not any(p.is_file() for p in folder.glob(self.text_glob)):
         self._fail('text_dir', f'no files there match data.text_glob={self.text_glob!r}; add files or change the glob')
+    if self.spm_model_path:
+      if self.tokenizer != 'sentencepiece':
+        self._fail('spm_model_path', f'is a sentencepiece model, but data.tokenizer={self.tokenizer!r}; set '
+                   'data.tokenizer=sentencepiece or clear data.spm_model_path')
+      if not pathlib.Path(self.spm_model_path).expanduser().is_file():
+        self._fail('spm_model_path', 'no such file; point it at a sentencepiece .model file')
 
   @property
   def local(self) -> bool:
@@ -274,6 +285,13 @@ class CheckpointConfig(Section):
   every_steps: int = field(positive_int)
   keep: int = field(positive_int)
   init_from: str = field(text)
+  init_from_hf: str = field(text)
+  step: int = field(step_or_latest)
+
+  def _check(self) -> None:
+    if self.init_from and self.init_from_hf:
+      self._fail('init_from_hf', f'set only one of checkpoint.init_from ({self.init_from!r}) and '
+                 'checkpoint.init_from_hf')
 
 
 def parse_rules(spec: str) -> LogicalRules:
@@ -378,6 +396,16 @@ class CompareConfig(Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class ExportConfig(Section):
+  """--mode=export: where the Hugging Face directory goes and in which dtype."""
+
+  name: ClassVar[str] = 'export'
+  dir: str = field(text)
+  dtype: str = field(one_of(*DTYPES))
+  max_shard_bytes: int = field(positive_int)
+
+
+@dataclasses.dataclass(frozen=True)
 class ScalingConfig(Section):
   name: ClassVar[str] = 'scaling'
   flops: tuple[float, ...] = field(positive_numbers())
@@ -409,7 +437,7 @@ class ScalingConfig(Section):
 
 SECTIONS: dict[str, type[Section]] = {s.name: s for s in (
     ObjectivesConfig, ModelConfig, DataConfig, TrainConfig, CheckpointConfig, MeshConfig, SampleConfig,
-    CompareConfig, ScalingConfig)}
+    CompareConfig, ExportConfig, ScalingConfig)}
 TOP_LEVEL = {'seed': non_negative_int, 'objective': one_of(*OBJECTIVES)}
 
 
@@ -428,6 +456,7 @@ class Config:
   mesh: MeshConfig
   sample: SampleConfig
   compare: CompareConfig
+  export: ExportConfig
   scaling: ScalingConfig
   source: Mapping[str, Any] = dataclasses.field(repr=False, compare=False)
 

@@ -1,15 +1,18 @@
 """The rules that span config sections, checked before anything is built or compiled; each failure is one
 ConfigError line. A section's own fields are checked when it is built (configs/sections.py).
 
-Spanning rules: the mesh against the devices, the attention path against the sequence axis, block and chunk
-lengths against each device's share of the sequence, sizes against the axes that split them.
+Spanning rules: the tokenizer and a Hugging Face source (`checkpoint.init_from_hf`) against the model, the mesh
+against the devices, the attention path against the sequence axis, block and chunk lengths against each device's
+share of the sequence, sizes against the axes that split them.
 """
 
+import json
 import math
 
 from configs.errors import ConfigError
 from configs.sections import Config
 from data import tokenizers
+from models import hf_llama
 from models.attention.blockwise import effective_block
 from sharding import rules
 from sharding.mesh import mesh_shape
@@ -43,9 +46,34 @@ def _check_blocks(config: Config, sizes: dict[str, int], length_axes: tuple[str,
       raise ConfigError(key, block, f'must divide the zig-zag chunk length data.seq_len / (2 * mesh.sequence) = {half}')
 
 
+def _check_hf_source(config: Config) -> None:
+  """`checkpoint.init_from_hf` against the config: a Llama-family directory of safetensors whose config.json has
+  the model's sizes (model.rope_theta may differ: raising it is how a longer context is trained) and whose tensors
+  have the model's names and shapes. Reads the config and the safetensors headers only."""
+  source = config.checkpoint.init_from_hf
+  try:
+    settings = hf_llama.model_settings(hf_llama.read_config(source))
+    weights = hf_llama.Weights(source)
+    weights.close()
+  except (ValueError, OSError, json.JSONDecodeError) as e:
+    raise ConfigError('checkpoint.init_from_hf', source, str(e).splitlines()[0]) from None
+  differ = [m for m in hf_llama.mismatches(settings, config.model) if not m.startswith('model.rope_theta=')]
+  if differ:
+    raise ConfigError('checkpoint.init_from_hf', source,
+                      f'its config.json differs from the model config: {"; ".join(differ)}; set those keys to its '
+                      'values')
+  shapes = hf_llama.hf_shapes(config.model)
+  wrong = [f'{name} {list(weights.entries[name].shape)} (the model needs {list(shape)})'
+           for name, shape in shapes.items() if name in weights and weights.entries[name].shape != shape]
+  if wrong:
+    raise ConfigError('checkpoint.init_from_hf', source, f'tensor shapes differ from its config: {"; ".join(wrong)}')
+
+
 def validate(config: Config, num_devices: int) -> None:
   m, d, t = config.model, config.data, config.train
   tokenizers.check_vocab(d)
+  if config.checkpoint.init_from_hf:
+    _check_hf_source(config)
   sizes = mesh_shape(config.mesh, num_devices)
   if sizes['data'] % config.mesh.dcn_data:
     raise ConfigError('mesh.dcn_data', config.mesh.dcn_data, f'must divide the data axis ({sizes["data"]})')
