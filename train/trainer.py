@@ -57,6 +57,7 @@ def _initial_state(run: Run, ckpt: checkpoint_lib.Checkpointer) -> dict:
   if run.config.checkpoint.init_from:
     state['params'] = checkpoint_lib.load_params(run.config.checkpoint.init_from, run.setup)
   if run.config.checkpoint.init_from_hf:
+    del state['params']  # freed before the import fills the devices again
     state['params'] = hf_checkpoint.import_params(run.config.checkpoint.init_from_hf, run.setup)
   return state
 
