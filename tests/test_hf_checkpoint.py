@@ -6,8 +6,12 @@ That transformers loads the export to the same logits is tests/interop/ (make te
 """
 
 import json
+import os
 import pathlib
 import signal
+import subprocess
+import sys
+import time
 
 import jax
 import ml_dtypes
@@ -24,9 +28,9 @@ from data import tokenizers as tokenizers_lib
 from models import hf_llama
 from sharding.mesh import build_mesh
 from train import params as params_lib
-from tests.conftest import config_of, run_main, typed
+from tests.conftest import ROOT, config_of, run_main, typed
 from tests.test_hf_tokenizer import _texts
-from tests.test_resume import interrupt, losses
+from tests.test_resume import losses
 from train import hf_checkpoint
 from train import state as state_lib
 from train.runtime import Runtime
@@ -236,7 +240,7 @@ def test_train_export_continue_from_it_and_resume_after_kill_9(small_run_flags, 
   assert evals[straight][0]['eval/loss'] == pytest.approx(evals[source][-1]['eval/loss'], rel=1e-6)
 
   resumed = tmp_path / 'resumed'
-  assert interrupt([*args, f'--workdir={resumed}'], resumed, signal.SIGKILL, after_step=3).returncode == -9
+  assert _kill_after_checkpoint([*args, f'--workdir={resumed}'], resumed / 'checkpoints', step=2) == -9
   assert 'resuming at step' in run_main(*args, f'--workdir={resumed}').stdout
   assert losses(resumed) == losses(straight)
   final = [ocp.StandardCheckpointer().restore(w / 'checkpoints' / '6' / 'state')['params']
@@ -247,3 +251,17 @@ def test_train_export_continue_from_it_and_resume_after_kill_9(small_run_flags, 
 
 def _metrics(workdir: pathlib.Path) -> list[dict]:
   return [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+
+
+def _kill_after_checkpoint(args: list[str], checkpoints: pathlib.Path, step: int) -> int:
+  """Start main.py and kill -9 it once a finished checkpoint (orbax renames it to its step when complete) of at
+  least `step` exists, so the restart must resume; returns the exit code."""
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_PLATFORMS='cpu')
+  proc = subprocess.Popen([sys.executable, 'main.py', *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 600
+  while proc.poll() is None and time.time() < deadline and not any(
+      p.name.isdigit() and int(p.name) >= step for p in (checkpoints.iterdir() if checkpoints.is_dir() else ())):
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  return proc.wait(timeout=60)
