@@ -18,7 +18,7 @@ from ml_collections import config_flags
 from configs.errors import ConfigError, TrainingDiverged
 from configs.sections import Config
 
-MODES = ('train', 'eval', 'sample', 'estimate', 'compare', 'scaling', 'fit')
+MODES = ('train', 'eval', 'sample', 'estimate', 'compare', 'scaling', 'fit', 'export')
 
 DEFAULT_CONFIG = 'configs/default.py'
 config_flags.DEFINE_config_file('config', DEFAULT_CONFIG, 'Config file (a get_config() module).')
@@ -133,9 +133,15 @@ def _scaling(runtime, config: Config, workdir: str) -> None:
   scaling.sweep(runtime, config, workdir)
 
 
+def _export(runtime, config: Config, workdir: str) -> None:
+  from train import hf_checkpoint
+
+  hf_checkpoint.export(runtime, config, workdir)
+
+
 # Each job of a mode: (the command's runtime, the typed config, the workdir); `fit` runs in _run without devices.
 JOBS = {'train': _train, 'eval': _eval, 'sample': _sample, 'estimate': _estimate, 'compare': _compare,
-        'scaling': _scaling}
+        'scaling': _scaling, 'export': _export}
 
 
 def _fail(message: str) -> None:

@@ -80,6 +80,7 @@ def get_config() -> ml_collections.ConfigDict:
   d.spm_model_type = 'bpe'  # bpe | unigram | char | word
   d.spm_max_chars = 20_000_000  # characters of training text fed to sentencepiece training
   d.extra_ids = 0  # top ids of the vocabulary that text never uses: span_corruption/ul2 sentinels (T5: 100)
+  d.spm_model_path = ''  # an existing sentencepiece .model (e.g. Llama's tokenizer.model) used as is, its own ids
 
   c.train = t = ml_collections.ConfigDict()
   t.steps = 1000  # total optimizer steps
@@ -109,6 +110,8 @@ def get_config() -> ml_collections.ConfigDict:
   k.every_steps = 200  # steps between checkpoints (also saved at the end)
   k.keep = 3  # checkpoints kept
   k.init_from = ''  # a checkpoint dir to take params from when starting fresh
+  k.init_from_hf = ''  # a Hugging Face Llama-family dir (safetensors) to take params from when starting fresh
+  k.step = -1  # --mode=export: the checkpoint step to export; -1 = the latest
 
   c.mesh = h = ml_collections.ConfigDict()
   h.data = -1  # data-parallel axis; -1 = all devices left over by the other axes
@@ -128,6 +131,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.compare = p = ml_collections.ConfigDict()
   p.variants = OBJECTIVE_VARIANTS  # --mode=compare: "name: key=value ...; ..."; the first is the baseline
   p.flops_budgets = (3e12, 1e13, 3e13)  # --mode=compare: executed training FLOPs per run; each variant runs at each
+
+  c.export = e = ml_collections.ConfigDict()
+  e.dir = ''  # --mode=export: output dir for the Hugging Face model; '' = WORKDIR/hf (must be absent or empty)
+  e.dtype = 'float32'  # --mode=export: float32 | bfloat16 weights
+  e.max_shard_bytes = 5_000_000_000  # --mode=export: weights above this go into numbered files plus an index
 
   c.scaling = s = ml_collections.ConfigDict()
   s.flops = (3e11, 1e12, 3e12)  # --mode=scaling: compute budgets C in training FLOPs, one isoFLOP curve each

@@ -61,6 +61,10 @@ def non_negative_int(v: Any) -> str | None:
   return None if _is_int(v) and v >= 0 else 'use an integer >= 0'
 
 
+def step_or_latest(v: Any) -> str | None:
+  return None if _is_int(v) and v >= -1 else 'use a checkpoint step, or -1 for the latest'
+
+
 def positive(v: Any) -> str | None:
   return None if _is_number(v) and v > 0 else 'use a positive number'
 
@@ -319,6 +323,7 @@ class DataConfig(Section):
   vocab_size: int = field(positive_int)
   spm_model_type: str = field(one_of(*SPM_MODEL_TYPES))
   spm_max_chars: int = field(positive_int)
+  spm_model_path: str = field(text)
   extra_ids: int = field(non_negative_int, default=0)
 
   def _check(self) -> None:
@@ -332,6 +337,12 @@ class DataConfig(Section):
         self._fail('text_dir', 'no such folder; point it at a folder of text files')
       if not any(p.is_file() for p in folder.glob(self.text_glob)):
         self._fail('text_dir', f'no files there match data.text_glob={self.text_glob!r}; add files or change the glob')
+    if self.spm_model_path:
+      if self.tokenizer != 'sentencepiece':
+        self._fail('spm_model_path', f'is a sentencepiece model, but data.tokenizer={self.tokenizer!r}; set '
+                   'data.tokenizer=sentencepiece or clear data.spm_model_path')
+      if not pathlib.Path(self.spm_model_path).expanduser().is_file():
+        self._fail('spm_model_path', 'no such file; point it at a sentencepiece .model file')
 
   @property
   def local(self) -> bool:
@@ -392,6 +403,13 @@ class CheckpointConfig(Section):
   every_steps: int = field(positive_int)
   keep: int = field(positive_int)
   init_from: str = field(folder_or_empty("a run's checkpoints/ folder"))
+  init_from_hf: str = field(folder_or_empty('a Hugging Face model folder'))
+  step: int = field(step_or_latest)
+
+  def _check(self) -> None:
+    if self.init_from and self.init_from_hf:
+      self._fail('init_from_hf', f'set only one of checkpoint.init_from ({self.init_from!r}) and '
+                 'checkpoint.init_from_hf')
 
 
 def parse_rules(spec: str) -> LogicalRules:
@@ -496,6 +514,16 @@ class CompareConfig(Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class ExportConfig(Section):
+  """--mode=export: where the Hugging Face directory goes and in which dtype."""
+
+  name: ClassVar[str] = 'export'
+  dir: str = field(text)
+  dtype: str = field(one_of(*DTYPES))
+  max_shard_bytes: int = field(positive_int)
+
+
+@dataclasses.dataclass(frozen=True)
 class ScalingConfig(Section):
   name: ClassVar[str] = 'scaling'
   flops: tuple[float, ...] = field(positive_numbers())
@@ -527,7 +555,7 @@ class ScalingConfig(Section):
 
 SECTIONS: dict[str, type[Section]] = {s.name: s for s in (
     ObjectivesConfig, ModelConfig, DataConfig, TrainConfig, EstimateConfig, CheckpointConfig, MeshConfig,
-    SampleConfig, CompareConfig, ScalingConfig)}
+    SampleConfig, CompareConfig, ExportConfig, ScalingConfig)}
 TOP_LEVEL = {'seed': non_negative_int, 'objective': one_of(*OBJECTIVES)}
 
 
@@ -547,6 +575,7 @@ class Config:
   mesh: MeshConfig
   sample: SampleConfig
   compare: CompareConfig
+  export: ExportConfig
   scaling: ScalingConfig
   source: Mapping[str, Any] = dataclasses.field(repr=False, compare=False)
 

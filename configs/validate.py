@@ -1,17 +1,20 @@
 """The rules that span config sections, checked before anything is built or compiled; each failure is one
 ConfigError line. A section's own fields are checked when it is built (configs/sections.py).
 
-Spanning rules: the mesh against the devices, the attention path against the sequence axis, block and chunk
-lengths against each device's share of the sequence, sizes against the axes that split them, the attention kernel
-against the platform and the objective's masks.
+Spanning rules: the tokenizer and a Hugging Face source (`checkpoint.init_from_hf`) against the model, the mesh
+against the devices, the attention path against the sequence axis, block and chunk lengths against each device's
+share of the sequence, sizes against the axes that split them, the attention kernel against the platform and the
+objective's masks.
 """
 
+import json
 import math
 
 from configs.errors import ConfigError
 from configs.sections import Config
 from data import tokenizers
 from models.attention import dispatch
+from models import hf_llama
 from models.attention.blockwise import effective_block
 from sharding import rules
 from sharding.mesh import mesh_shape
@@ -71,6 +74,35 @@ def attention_kernel(config: Config, platform: str) -> tuple[str, str]:
     raise ConfigError('model.attention_kernel', m.attention_kernel, f'{e}; or use auto or jax') from None
 
 
+
+
+
+def _check_hf_source(config: Config) -> None:
+  """`checkpoint.init_from_hf` against the config: a Llama-family directory of safetensors whose config.json has
+  the model's sizes (model.rope_theta may differ: raising it is how a longer context is trained) and whose tensors
+  have the model's names and shapes. Reads the config and the safetensors headers only."""
+  source = config.checkpoint.init_from_hf
+  if config.model.architecture != 'decoder':
+    raise ConfigError('checkpoint.init_from_hf', source, 'a Llama checkpoint has no encoder; import it into '
+                      'model.architecture=decoder')
+  try:
+    settings = hf_llama.model_settings(hf_llama.read_config(source))
+    weights = hf_llama.Weights(source)
+    weights.close()
+  except (ValueError, OSError, json.JSONDecodeError) as e:
+    raise ConfigError('checkpoint.init_from_hf', source, str(e).splitlines()[0]) from None
+  differ = [m for m in hf_llama.mismatches(settings, config.model) if not m.startswith('model.rope_theta=')]
+  if differ:
+    raise ConfigError('checkpoint.init_from_hf', source,
+                      f'its config.json differs from the model config: {"; ".join(differ)}; set those keys to its '
+                      'values')
+  shapes = hf_llama.hf_shapes(config.model)
+  wrong = [f'{name} {list(weights.entries[name].shape)} (the model needs {list(shape)})'
+           for name, shape in shapes.items() if name in weights and weights.entries[name].shape != shape]
+  if wrong:
+    raise ConfigError('checkpoint.init_from_hf', source, f'tensor shapes differ from its config: {"; ".join(wrong)}')
+
+
 def validate(config: Config, num_devices: int, platform: str | None = None) -> None:
   """Every spanning rule, for `num_devices` devices of `platform` (default: the one programs are compiled for)."""
   m, d, t = config.model, config.data, config.train
@@ -80,6 +112,8 @@ def validate(config: Config, num_devices: int, platform: str | None = None) -> N
                       f'{NO_ENCODER_INPUT[config.objective]}, so model.architecture=encoder_decoder cannot train on '
                       'it; use prefix_lm (or another objective with an input part), or model.architecture=decoder')
   tokenizers.check_vocab(d)
+  if config.checkpoint.init_from_hf:
+    _check_hf_source(config)
   sizes = mesh_shape(config.mesh, num_devices)
   if sizes['data'] % config.mesh.dcn_data:
     raise ConfigError('mesh.dcn_data', config.mesh.dcn_data, f'must divide the data axis ({sizes["data"]})')

@@ -1,10 +1,14 @@
 """Tokenizers behind one interface: sentencepiece (trained on the corpus on first use, cached) and raw bytes.
 
-Both put the same special ids first, so objectives and the trainer need not know which one is in use:
-0 pad, 1 bos, 2 eos, 3 mask (masked LM), then spare reserved ids (UL2's mode tokens [R] [S] [X] are 5, 6, 7). The
-top `data.extra_ids` ids of the vocabulary are never produced either (T5's extra ids: span-corruption sentinels,
-sentinel i = vocab_size - 1 - i); sentencepiece learns vocab_size - extra_ids pieces. `token_bytes[i]` is how many
-UTF-8 bytes id i stands for (0 for specials and extra ids), which turns a summed token loss into bits per byte.
+The ones ringlm makes put the same special ids first: 0 pad, 1 bos, 2 eos, 3 mask (masked LM), then spare reserved
+ids (UL2's mode tokens [R] [S] [X] are 5, 6, 7). An existing sentencepiece model (`data.spm_model_path`, e.g.
+Llama's tokenizer.model) keeps its own ids; each tokenizer carries them (`bos_id`, `eos_id`, `pad_id`, `mask_id`,
+`num_special`), and packing, objectives, sampling and export read them from it. Such a model without a pad piece
+pads rows with eos (padding is never attended to nor scored: segment id 0) and exports no pad id; without a '<mask>'
+control piece it has no mask id, and objectives or probes that need one are refused (train/runtime.py). The top
+`data.extra_ids` ids of the vocabulary are never produced (T5's extra ids: span-corruption sentinels, sentinel
+i = vocab_size - 1 - i); sentencepiece learns vocab_size - extra_ids pieces. `token_bytes[i]` is how many UTF-8
+bytes id i stands for (0 for specials and extra ids), which turns a summed token loss into bits per byte.
 
 Sentencepiece is trained lossless (no normalisation, spaces and newlines kept, byte fallback), so
 decode(encode(text)) == text for the bpe, unigram and char models. The word model is not: sentencepiece's byte
@@ -15,6 +19,7 @@ import abc
 import hashlib
 import io
 import os
+import pathlib
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -34,9 +39,12 @@ _SPM_CHUNK_CHARS = 2048  # training "sentences" are runs of whole lines about th
 
 
 class Tokenizer(abc.ABC):
-  """Text <-> int32 ids. Ids below NUM_SPECIAL never come out of `encode`."""
+  """Text <-> int32 ids. Ids below `num_special` never come out of `encode`."""
 
-  pad_id, bos_id, eos_id, mask_id = PAD_ID, BOS_ID, EOS_ID, MASK_ID
+  pad_id, bos_id, eos_id = PAD_ID, BOS_ID, EOS_ID
+  mask_id: int | None = MASK_ID
+  has_pad = True  # False: pad_id is a stand-in (eos) for a model without a pad piece
+  num_special = NUM_SPECIAL  # ids below this are special: never drawn as random replacement tokens
   reserved_ids = RESERVED_IDS
 
   identity: str  # names the vocabulary, for cache keys of data tokenized with it
@@ -77,22 +85,39 @@ class ByteTokenizer(Tokenizer):
 
 
 class SentencePieceTokenizer(Tokenizer):
-  """A trained sentencepiece model; special pieces sit at the shared ids (checked on load)."""
+  """A sentencepiece model. One ringlm trained has its special pieces at the shared ids (checked on load); an
+  existing one (`own_ids`) keeps the ids its trainer spec gives (see the module docstring)."""
 
-  def __init__(self, model_proto: bytes, identity: str, extra_ids: int = 0):
-    self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+  def __init__(self, model_proto: bytes, identity: str, extra_ids: int = 0, own_ids: bool = False):
+    self._sp = sp = spm.SentencePieceProcessor(model_proto=model_proto)
     self.identity, self.digest = identity, hashlib.sha256(model_proto).hexdigest()
-    self.num_pieces = self._sp.get_piece_size()
+    self.num_pieces = sp.get_piece_size()
     self.vocab_size = self.num_pieces + extra_ids
-    specials = {'<pad>': PAD_ID, '<s>': BOS_ID, '</s>': EOS_ID, '<mask>': MASK_ID}
-    for piece, want in specials.items():
-      if self._sp.piece_to_id(piece) != want:
-        raise ValueError(f'sentencepiece model {identity}: {piece} is id {self._sp.piece_to_id(piece)}, not {want}')
+    if own_ids:
+      self._take_ids()
+    else:
+      specials = {'<pad>': PAD_ID, '<s>': BOS_ID, '</s>': EOS_ID, '<mask>': MASK_ID}
+      for piece, want in specials.items():
+        if sp.piece_to_id(piece) != want:
+          raise ValueError(f'sentencepiece model {identity}: {piece} is id {sp.piece_to_id(piece)}, not {want}')
     self.token_bytes = np.array([self._piece_bytes(i) for i in range(self.num_pieces)] + [0] * extra_ids, np.int32)
+
+  def _take_ids(self) -> None:
+    """The special ids of an existing model: bos and eos must exist; pad and mask may not."""
+    sp = self._sp
+    if sp.bos_id() < 0 or sp.eos_id() < 0:
+      raise ValueError('it has no bos or eos piece (bos_id/eos_id -1); ringlm packs documents as bos + text + eos')
+    self.bos_id, self.eos_id = sp.bos_id(), sp.eos_id()
+    self.has_pad = sp.pad_id() >= 0
+    self.pad_id = sp.pad_id() if self.has_pad else sp.eos_id()
+    mask = sp.piece_to_id('<mask>')
+    self.mask_id = mask if sp.id_to_piece(mask) == '<mask>' and sp.is_control(mask) else None
+    special = [sp.is_control(i) or sp.is_unknown(i) for i in range(self.num_pieces)] + [False]
+    self.num_special = special.index(False)
 
   def _piece_bytes(self, i: int) -> int:
     sp = self._sp
-    if i < NUM_SPECIAL or sp.is_control(i) or sp.is_unknown(i):
+    if sp.is_control(i) or sp.is_unknown(i):
       return 0
     if sp.is_byte(i):
       return 1
@@ -108,8 +133,28 @@ class SentencePieceTokenizer(Tokenizer):
     return self._sp.decode([int(i) for i in ids if int(i) < self.num_pieces])
 
 
+def existing_sentencepiece(data_config: DataConfig) -> SentencePieceTokenizer:
+  """The model at `data.spm_model_path` with its own ids; ConfigError if it is not one or has another vocab size."""
+  path = data_config.spm_model_path
+  proto = pathlib.Path(path).expanduser().read_bytes()
+  try:
+    tok = SentencePieceTokenizer(proto, f'spm_file_{hashlib.sha256(proto).hexdigest()[:16]}',
+                                 extra_ids=data_config.extra_ids, own_ids=True)
+  except (RuntimeError, ValueError) as e:  # sentencepiece raises RuntimeError on bytes that are no model
+    raise ConfigError('data.spm_model_path', path, f'not a usable sentencepiece model ({str(e).strip()[:200]})') \
+        from None
+  if tok.vocab_size != data_config.vocab_size:
+    raise ConfigError('data.vocab_size', data_config.vocab_size,
+                      f'data.spm_model_path={path} has {tok.num_pieces} pieces and data.extra_ids={data_config.extra_ids}; '
+                      f'set data.vocab_size={tok.vocab_size}')
+  return tok
+
+
 def check_vocab(data_config: DataConfig) -> None:
   """Raises ConfigError when the configured tokenizer cannot have `data.vocab_size` ids."""
+  if data_config.spm_model_path:
+    existing_sentencepiece(data_config)
+    return
   byte_vocab = ByteTokenizer.vocab_size + data_config.extra_ids
   if data_config.tokenizer == 'byte' and data_config.vocab_size != byte_vocab:
     raise ConfigError('data.vocab_size', data_config.vocab_size,
@@ -131,6 +176,8 @@ def make_tokenizer(data_config: DataConfig, corpus_identity: str, train_texts: I
   extra = data_config.extra_ids
   if data_config.tokenizer == 'byte':
     return ByteTokenizer(extra)
+  if data_config.spm_model_path:
+    return existing_sentencepiece(data_config)
   pieces = data_config.vocab_size - extra
   settings = f'{corpus_identity}|v{pieces}|{data_config.spm_model_type}|' \
              f'c{data_config.spm_max_chars}|f{_SPM_FORMAT}'

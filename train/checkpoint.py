@@ -114,12 +114,18 @@ def load_params(path: str, setup: StateSetup) -> dict:
   return restored['state']['params']
 
 
-def latest_step(directory: str) -> int | None:
-  """The step of the latest complete checkpoint in `directory`, or None; reads nothing else (no config needed)."""
+def all_steps(directory: str) -> list[int]:
+  """The steps of the complete checkpoints in `directory`, ascending; reads nothing else (no config needed)."""
   if not os.path.isdir(directory):
-    return None
+    return []
   manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(read_only=True))
   try:
-    return manager.latest_step()
+    return sorted(manager.all_steps())
   finally:
     manager.close()
+
+
+def latest_step(directory: str) -> int | None:
+  """The step of the latest complete checkpoint in `directory`, or None; reads nothing else (no config needed)."""
+  steps = all_steps(directory)
+  return steps[-1] if steps else None

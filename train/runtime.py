@@ -113,10 +113,18 @@ class Runtime:
     return flops_lib.flops_per_token(config.model, config.data.seq_len, keys=self.attended_keys(config))
 
   def spec(self, config: Config) -> ObjectiveSpec:
-    """The objective's settings with the ids of `config`'s tokenizer."""
+    """The objective's settings with the ids of `config`'s tokenizer; one without a mask id serves no objective or
+    probe that masks tokens."""
     tok = self.data(config.data, config.seed).tokenizer
+    if tok.mask_id is None:
+      for key, value, needs in (('objective', config.objective, config.objective == 'masked_lm'),
+                                ('train.eval_probes', config.train.eval_probes, config.train.eval_probes)):
+        if needs:
+          raise ConfigError(key, value, f'needs a <mask> token, and data.spm_model_path={config.data.spm_model_path} '
+                            'has no <mask> control piece; use another objective / train.eval_probes=False, or a '
+                            'model with one')
     return ObjectiveSpec.from_config(config.objectives, vocab_size=config.data.vocab_size, pad_id=tok.pad_id,
-                                     mask_id=tok.mask_id, num_special=tokenizers.NUM_SPECIAL,
+                                     mask_id=tok.mask_id, num_special=tok.num_special,
                                      extra_ids=config.data.extra_ids)
 
   def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:

@@ -14,6 +14,7 @@ from jax.experimental import multihost_utils
 
 from configs.errors import TrainingDiverged
 from train import checkpoint as checkpoint_lib
+from train import hf_checkpoint
 from train import optimizer as optimizer_lib
 from train import params as params_lib
 from train import step as step_lib
@@ -59,6 +60,9 @@ def _initial_state(run: Run, ckpt: checkpoint_lib.Checkpointer) -> dict:
   state = run.setup.init()
   if run.config.checkpoint.init_from:
     state['params'] = checkpoint_lib.load_params(run.config.checkpoint.init_from, run.setup)
+  if run.config.checkpoint.init_from_hf:
+    del state['params']  # freed before the import fills the devices again
+    state['params'] = hf_checkpoint.import_params(run.config.checkpoint.init_from_hf, run.setup)
   return state
 
 

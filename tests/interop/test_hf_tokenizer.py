@@ -38,7 +38,7 @@ def stdlib_texts() -> tuple[list[str], list[str]]:
 
 def _sentencepiece(tmp_path: pathlib.Path, train: list[str], model_type: str, vocab_size: int):
   data_config = types.SimpleNamespace(tokenizer='sentencepiece', vocab_size=vocab_size, spm_model_type=model_type,
-                                      spm_max_chars=2_000_000, cache_dir=str(tmp_path / 'cache'))
+                                      spm_max_chars=2_000_000, cache_dir=str(tmp_path / 'cache'), spm_model_path='')
   return tokenizers_lib.make_tokenizer(data_config, 'stdlib-test', train)
 
 
@@ -101,11 +101,12 @@ def test_llama_style_sentencepiece_model(stdlib_texts, tmp_path):
                                  vocab_size=1000, model_type='bpe', byte_fallback=True, add_dummy_prefix=True,
                                  normalization_rule_name='nmt_nfkc', remove_extra_whitespaces=False,
                                  max_sentence_length=20_000, minloglevel=2)
-  proto = model.getvalue()
-  hf_tokenizer.save_sentencepiece(tmp_path, proto)
+  tok = tokenizers_lib.SentencePieceTokenizer(model.getvalue(), 'llama-style', own_ids=True)  # as spm_model_path
+  hf_tokenizer.save(tmp_path, tok)
   (tmp_path / hf_llama.CONFIG_FILE).write_text(json.dumps({'model_type': 'llama'}))
   hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
-  sp = spm.SentencePieceProcessor(model_proto=proto)
+  sp = tok._sp
+  assert (tok.bos_id, tok.eos_id, tok.has_pad, tok.mask_id) == (1, 2, False, None)
   assert (hf.unk_token_id, hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (0, 1, 2, None)
   # NFKC of '\r\n' differs: tokenizers normalises the grapheme '\r\n' as one, sentencepiece each character
   texts = [t for t in texts if '\r' not in t]

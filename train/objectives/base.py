@@ -28,7 +28,7 @@ class ObjectiveSpec:
 
   vocab_size: int
   pad_id: int
-  mask_id: int
+  mask_id: int | None  # None: the tokenizer has no mask token (masked LM and the probes refuse it)
   num_special: int  # ids below this are special (pad, bos, eos, mask, spares): never drawn as random tokens
   mask_rate: float = 0.15  # masked_lm: chance that a real token is chosen for prediction
   prefix_min_frac: float = 0.0  # prefix_lm: lower end of the prefix fraction of each document
@@ -41,7 +41,7 @@ class ObjectiveSpec:
   ul2_mode_ids: tuple[tuple[str, int], ...] = tuple(UL2_MODE_IDS.items())  # [R] [S] [X]: reserved ids
 
   @classmethod
-  def from_config(cls, objectives_cfg: ObjectivesConfig, *, vocab_size: int, pad_id: int, mask_id: int,
+  def from_config(cls, objectives_cfg: ObjectivesConfig, *, vocab_size: int, pad_id: int, mask_id: int | None,
                   num_special: int, extra_ids: int = 0) -> 'ObjectiveSpec':
     """The tokenizer's ids plus the `objectives.*` settings."""
     o = objectives_cfg
