@@ -147,8 +147,8 @@ def test_existing_sentencepiece_keeps_its_ids(llama_like_spm, corpus, tmp_path):
 
 def test_existing_sentencepiece_bad_input(llama_like_spm, tmp_path):
   spm_config = {'data.tokenizer': 'sentencepiece', 'data.spm_model_path': str(llama_like_spm)}
-  with pytest.raises(ConfigError, match=r'^data.vocab_size=400: data.spm_model_path=.* has 512 pieces; set '
-                                        r'data.vocab_size=512'):
+  with pytest.raises(ConfigError, match=r'^data.vocab_size=400: data.spm_model_path=.* has 512 pieces and '
+                                        r'data.extra_ids=0; set data.vocab_size=512'):
     validate(_config(**spm_config, **{'data.vocab_size': 400}), 8)
   with pytest.raises(ConfigError, match=r"^data.spm_model_path=.*: is a sentencepiece model, but "
                                         r"data.tokenizer='byte'"):
@@ -176,7 +176,9 @@ def test_bad_import_sources_are_one_line(tmp_path):
   config = _config()
   out, _, _ = _export(tmp_path, config)
   validate(config.override({'checkpoint.init_from_hf': str(out), 'model.rope_theta': 1e6}), 8)  # may differ
-  assert _source_error(config, tmp_path / 'missing').startswith('no config.json in')
+  assert _source_error(config, tmp_path / 'missing').startswith('no readable folder there')
+  (tmp_path / 'empty').mkdir()
+  assert _source_error(config, tmp_path / 'empty').startswith('no config.json in')
   assert 'd_model=64 vs hidden_size=32' in _source_error(config.override({'model.d_model': 64}), out)
   differ = _source_error(config.override({'model.num_layers': 3, 'model.num_kv_heads': 4}), out)
   assert differ == ('its config.json differs from the model config: model.num_layers=3 vs num_hidden_layers=2; '
@@ -193,6 +195,8 @@ def test_bad_import_sources_are_one_line(tmp_path):
   (pickled / 'config.json').write_bytes((out / 'config.json').read_bytes())
   (pickled / 'pytorch_model.bin').write_bytes(b'never unpickled')
   assert 'PyTorch pickles (pytorch_model.bin)' in _source_error(config, pickled)
+  encdec = config.override({'model.architecture': 'encoder_decoder', 'objective': 'prefix_lm'})
+  assert _source_error(encdec, out).startswith('a Llama checkpoint has no encoder')
 
   wide = tmp_path / 'wide'  # config.json says d_ff 48, the tensors have 64
   _export(wide, config.override({'model.d_ff': 64}))
@@ -210,6 +214,9 @@ def test_export_errors_come_before_any_work(tmp_path):
   (tmp_path / 'hf' / 'old.txt').write_text('x')
   with pytest.raises(ConfigError, match=r"^export.dir='.*/hf': exists and is not empty"):
     hf_checkpoint.export(runtime, config, str(tmp_path))
+  encdec = config.override({'model.architecture': 'encoder_decoder', 'objective': 'prefix_lm'})
+  with pytest.raises(ConfigError, match=r"^model.architecture='encoder_decoder': export writes a LlamaForCausalLM"):
+    hf_checkpoint.export(runtime, encdec, str(tmp_path))
 
 
 # ------------------------------------------------------------------------------------------- end to end
