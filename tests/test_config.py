@@ -1,12 +1,14 @@
 """Config validation: every bad value is one ConfigError naming the key, raised before anything is built."""
 
+import importlib
+
 import pytest
 
 from configs import default, tiny
 from configs.errors import ConfigError
 from configs.validate import validate
 from sharding.mesh import mesh_shape
-from tests.conftest import typed, typed_mesh
+from tests.conftest import ROOT, typed, typed_mesh
 
 
 def cfg(**overrides):
@@ -158,3 +160,12 @@ def test_every_key_outside_its_domain_is_one_line_naming_it(key):
   with pytest.raises(ConfigError) as err:
     validate(typed(c), 8)
   assert err.value.key == key and '\n' not in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize('preset', sorted(p.stem for p in (ROOT / 'configs').glob('*.py')
+                                          if p.stem not in ('__init__', 'default', 'sections', 'validate', 'errors')))
+def test_every_preset_builds_and_validates(preset):
+  """Each preset in configs/ is a valid config on 4 devices (long_context's ring spans them)."""
+  c = typed(importlib.import_module(f'configs.{preset}').get_config())
+  validate(c, 4, platform='cpu')
+  assert c.compare.parsed_variants
