@@ -24,7 +24,8 @@ def _texts() -> list[str]:
 
 def _sentencepiece(tmp_path: pathlib.Path, model_type: str = 'bpe') -> tokenizers_lib.SentencePieceTokenizer:
   data_config = types.SimpleNamespace(tokenizer='sentencepiece', vocab_size=400, extra_ids=0,
-                                      spm_model_type=model_type, spm_max_chars=300_000, cache_dir=str(tmp_path / 'cache'), spm_model_path='')
+                                      spm_model_type=model_type, spm_max_chars=300_000,
+                                      cache_dir=str(tmp_path / 'cache'), spm_model_path='')
   return tokenizers_lib.make_tokenizer(data_config, 'stdlib-test', _texts())
 
 
