@@ -37,8 +37,9 @@ def stdlib_texts() -> tuple[list[str], list[str]]:
 
 
 def _sentencepiece(tmp_path: pathlib.Path, train: list[str], model_type: str, vocab_size: int):
-  data_config = types.SimpleNamespace(tokenizer='sentencepiece', vocab_size=vocab_size, spm_model_type=model_type,
-                                      spm_max_chars=2_000_000, cache_dir=str(tmp_path / 'cache'), spm_model_path='')
+  data_config = types.SimpleNamespace(tokenizer='sentencepiece', vocab_size=vocab_size, extra_ids=0,
+                                      spm_model_type=model_type, spm_max_chars=2_000_000,
+                                      cache_dir=str(tmp_path / 'cache'), spm_model_path='')
   return tokenizers_lib.make_tokenizer(data_config, 'stdlib-test', train)
 
 
