@@ -15,6 +15,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -49,13 +50,21 @@ def test_preempted_two_processes_stop_together_resume_and_match_one(small_run_fl
   # The data axis spans the 2 processes as DCN granules (a hybrid mesh), the way TPU slices are joined.
   command = ['scripts/local_multiprocess.sh', '2', *args, f'--workdir={workdir}', '--config.mesh.dcn_data=2']
   proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  # Signal as soon as process 0 announces step 0: both processes have joined jax.distributed (so JAX's preemption
+  # notifier is installed) and the first step has yet to compile, so the notice arrives long before the last step
+  # however fast the machine. (Waiting for the first metrics line lost that race on a fast CI machine.)
+  lines = []
+  reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+  reader.start()
   deadline = time.time() + 500
-  while not (workdir / 'metrics.jsonl').exists() or not metrics(workdir):
-    assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+  while not any(l.startswith('starting step 0/') for l in list(lines)):
+    assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
     time.sleep(0.05)
   os.kill(process_pid(workdir, 1), signal.SIGTERM)  # the one that does not log: its notice must reach process 0
-  out, err = proc.communicate(timeout=500)
-  assert proc.returncode == 0, err[-3000:]
+  err = proc.stderr.read()
+  assert proc.wait(timeout=500) == 0, err[-3000:]
+  reader.join(timeout=60)
+  out = ''.join(lines)
   saved = [int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()]
   assert len(saved) == 1 and saved[0] < STEPS and f'preempted: saved step {saved[0]}' in out, (saved, out)
   assert out.count('starting step 0/') == 1  # only process 0 prints
