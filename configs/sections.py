@@ -325,6 +325,8 @@ class DataConfig(Section):
   spm_max_chars: int = field(positive_int)
   spm_model_path: str = field(text)
   extra_ids: int = field(non_negative_int, default=0)
+  stream_shards: int = field(positive_int, default=1)
+  shuffle_buffer: int = field(non_negative_int, default=1024)
 
   def _check(self) -> None:
     if self.seq_len < 2:

@@ -127,6 +127,9 @@ def validate(config: Config, num_devices: int, platform: str | None = None) -> N
       raise ConfigError(key, size, f'must be divisible by mesh.tensor={sizes["tensor"]}')
   if m.d_model % sizes['fsdp']:
     raise ConfigError('model.d_model', m.d_model, f'must be divisible by mesh.fsdp={sizes["fsdp"]}')
+  if not d.local and t.batch_size % d.stream_shards:
+    raise ConfigError('data.stream_shards', d.stream_shards, f'each global batch takes an equal slice of every '
+                      f'shard, so it must divide train.batch_size={t.batch_size}')
   shards = sizes['data'] * sizes['fsdp']
   if t.batch_size % shards:
     raise ConfigError('train.batch_size', t.batch_size, f'must be divisible by mesh.data x mesh.fsdp = {shards}')

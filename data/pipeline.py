@@ -10,21 +10,25 @@ permutation seeded by EVAL_SEED whatever the run's seed: a sample spread over th
 every evaluation and every run, and an error rather than a wrap past the split's end. Global batch `step` is stream rows [step*B, (step+1)*B); process p of P
 takes its contiguous B/P of them, so the processes' rows are disjoint and together form the one-process batch.
 
-Catalogue datasets (data.tfds_name) may not fit in memory, so they are streamed: each process reads its own
-tfds.even_splits slice in stored order (no shuffle; catalogue data such as c4 is stored shuffled), packs as it
-goes and repeats at the end. Batch `step` is rows [step*b, (step+1)*b) of that process's stream (b = B/P), so
-results depend only on step. Where every 64th row starts (epoch, document, token offset) is recorded as the stream
-is read, and saved to data.cache_dir every 1024 rows: a batch behind the reader, or far ahead (a resumed run), is
-reached by skipping to the nearest recorded row at or before it (skipped documents are not decoded or tokenized)
-and packing < 64 rows from there; only rows this machine has never recorded must be read through. Here the global
-batch is the processes' batches together, which differs from what one process would read alone.
+Catalogue datasets (data.tfds_name) may not fit in memory, so they are streamed, with rows indexed globally so a
+run resumes exactly on any process count. The split is read as K = data.stream_shards shards (tfds.even_splits),
+each packed as read, in stored order, repeated at its end. Shard k's rows are shuffled in windows of
+W = data.shuffle_buffer rows: rows [w*W, (w+1)*W) come out in the order of a permutation seeded by (seed, k, w), so
+the shuffle's state is a function of the step, like everything else (W = 0: stored order). Global batch `step` is
+K equal slices, slice k being rows [step*B/K, (step+1)*B/K) of shard k's shuffled stream; process p of P holds rows
+[p*B/P, (p+1)*B/P) of the global batch and reads only the shards they come from (K/P each when P divides K; with
+P > K, processes share shards, reading the same rows). Nothing depends on P, so 1 or 8 processes see the same
+global batches. Where every 64th row of a shard starts (epoch, document, token offset) is recorded as it is read
+and saved to data.cache_dir every 1024 rows: a row behind the reader, or far ahead (a resumed run), is reached by
+skipping to the nearest recorded row at or before it (skipped documents are not decoded or tokenized) and packing
+< 64 rows from there; only rows this machine has never recorded must be read through.
 """
 
 import hashlib
 import io
 import pathlib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 import numpy as np
@@ -71,9 +75,18 @@ def make_dataset(data_config: DataConfig, seed: int, split: str, process_index: 
     training = split == d.train_split
     return LocalDataset(tokenizer, rows, process_index, process_count, seed=seed if training else EVAL_SEED,
                         shuffle=shuffle, repeat=training)
-  index = (cache.root(d) / 'stream_index' / f'{corpus.identity}_{_split_key(split)}_{tokenizer.identity}_S{d.seq_len}_'
-           f'p{process_index}of{process_count}_f{_PACK_FORMAT}.npy')
-  return StreamingDataset(tokenizer, corpus, split, d.seq_len, process_index, process_count, index)
+  documents = corpus.builder.info.splits[split].num_examples
+  if documents < d.stream_shards:
+    raise ConfigError('data.stream_shards', d.stream_shards, f'{split!r} of {corpus.builder.name} has {documents} '
+                      f'documents, fewer than the shards it is read as; use at most {documents}')
+
+  def open_shard(shard: int) -> _ShardStream:
+    index = (cache.root(d) / 'stream_index' / f'{corpus.identity}_{_split_key(split)}_{tokenizer.identity}_'
+             f'S{d.seq_len}_shard{shard}of{d.stream_shards}_f{_PACK_FORMAT}.npy')
+    return _ShardStream(tokenizer, corpus, split, d.seq_len, shard, d.stream_shards, index)
+
+  return StreamingDataset(tokenizer, d.seq_len, open_shard, d.stream_shards, d.shuffle_buffer,
+                          seed if split == d.train_split else EVAL_SEED, process_index, process_count)
 
 
 def _train_texts(corpus: sources.Corpus, split: str) -> Iterator[str]:
@@ -152,21 +165,17 @@ class LocalDataset:
     return {name: np.asarray(self._rows[name][index_B], np.int32) for name in _FIELDS}
 
 
-class StreamingDataset:
-  """This process's slice of a catalogue split, packed as read, repeated endlessly (see the module docstring)."""
-
-  num_rows = None
-
-  def unigram_entropy(self) -> None:
-    return None  # would need the whole split
+class _ShardStream:
+  """Shard `shard` of `num_shards` of a catalogue split, packed as read and repeated endlessly; row r is reached from
+  the nearest recorded row start at or before it (see the module docstring)."""
 
   def __init__(self, tokenizer: tokenizers.Tokenizer, corpus: sources.Corpus, split: str, seq_len: int,
-               process_index: int, process_count: int, index_path: pathlib.Path):
-    self.tokenizer, self.seq_len = tokenizer, seq_len
+               shard: int, num_shards: int, index_path: pathlib.Path):
+    self._tokenizer, self._seq_len = tokenizer, seq_len
     self._corpus, self._split = corpus, split
-    self._process_index, self._process_count = process_index, process_count
+    self._shard, self._num_shards = shard, num_shards
     self._stream: Iterator[tuple[np.ndarray, ...]] | None = None
-    self._next_row = 0  # index in this process's stream of the row self._stream yields next
+    self._next_row = 0  # the row self._stream yields next
     self._index_path = index_path
     self._index = {int(r): (int(e), int(d), int(o)) for r, e, d, o in
                    (np.load(index_path) if index_path.exists() else np.zeros((0, 4), np.int64))}
@@ -175,19 +184,15 @@ class StreamingDataset:
   def _rows_from(self, row: int, epoch: int, doc: int, offset: int) -> Iterator[tuple[np.ndarray, ...]]:
     """The stream from `row` on, which starts at token `offset` of document `doc` of `epoch`; records where every
     _INDEX_EVERY-th row starts."""
+    tok = self._tokenizer
     while True:
-      texts = sources.stream_documents(self._corpus, self._split, self._process_index, self._process_count, doc)
-      empty = True
-      for arrays, (d, o) in packing.iter_rows(_encoded(self.tokenizer, texts), self.seq_len, self.tokenizer.bos_id,
-                                              self.tokenizer.eos_id, self.tokenizer.pad_id, first_offset=offset):
-        empty = False
+      texts = sources.stream_documents(self._corpus, self._split, self._shard, self._num_shards, doc)
+      for arrays, (d, o) in packing.iter_rows(_encoded(tok, texts), self._seq_len, tok.bos_id, tok.eos_id,
+                                              tok.pad_id, first_offset=offset):
         if row % _INDEX_EVERY == 0 and row not in self._index:
           self._record(row, (epoch, doc + d, o))
         yield arrays
         row += 1
-      if empty and doc == offset == 0:
-        raise ConfigError('data.tfds_name', self._corpus.builder.name,
-                          f'process {self._process_index} of {self._process_count} got no text from {self._split!r}')
       epoch, doc, offset = epoch + 1, 0, 0
 
   def _record(self, row: int, position: tuple[int, int, int]) -> None:
@@ -201,18 +206,64 @@ class StreamingDataset:
       cache.write_bytes(self._index_path, buffer.getvalue())
       self._unsaved = 0
 
-  def batch(self, step: int, global_batch_size: int) -> dict[str, np.ndarray]:
-    if step < 0:
-      raise ValueError(f'step {step} < 0')
-    local = _rows_per_process(global_batch_size, self._process_count)
-    first = step * local
+  def rows(self, first: int, count: int) -> list[tuple[np.ndarray, ...]]:
+    """Rows [first, first + count) of the shard's stream (tokens, segment_ids, positions), each [S]."""
     known = max((r for r in self._index if r <= first), default=0)
     if self._stream is None or first < self._next_row or known > self._next_row:
       self._stream, self._next_row = self._rows_from(known, *self._index.get(known, (0, 0, 0))), known
     for _ in range(first - self._next_row):
       next(self._stream)
-    rows = [next(self._stream) for _ in range(local)]
-    self._next_row = first + local
+    rows = [next(self._stream) for _ in range(count)]
+    self._next_row = first + count
+    return rows
+
+
+class StreamingDataset:
+  """A catalogue split streamed in shards, globally indexed by step (see the module docstring)."""
+
+  num_rows = None
+
+  def unigram_entropy(self) -> None:
+    return None  # would need the whole split
+
+  def __init__(self, tokenizer: tokenizers.Tokenizer, seq_len: int, open_shard: Callable[[int], _ShardStream],
+               num_shards: int, shuffle_buffer: int, seed: int, process_index: int, process_count: int):
+    self.tokenizer, self.seq_len = tokenizer, seq_len
+    self._open_shard, self._num_shards, self._window_rows, self._seed = open_shard, num_shards, shuffle_buffer, seed
+    self._process_index, self._process_count = process_index, process_count
+    self._shards: dict[int, _ShardStream] = {}  # opened on first use: only the shards this process reads
+    self._windows: dict[int, tuple[int, list[tuple[np.ndarray, ...]]]] = {}  # shard -> (window, its shuffled rows)
+
+  def _shard(self, shard: int) -> _ShardStream:
+    if shard not in self._shards:
+      self._shards[shard] = self._open_shard(shard)
+    return self._shards[shard]
+
+  def _shuffled(self, shard: int, row: int) -> tuple[np.ndarray, ...]:
+    """Row `row` of the shard's shuffled stream: row perm[row % W] of window row // W, perm seeded by the window."""
+    window, within = divmod(row, self._window_rows)
+    if self._windows.get(shard, (None,))[0] != window:
+      rows = self._shard(shard).rows(window * self._window_rows, self._window_rows)
+      order = np.random.default_rng([self._seed, shard, window]).permutation(self._window_rows)
+      self._windows[shard] = (window, [rows[i] for i in order])
+    return self._windows[shard][1][within]
+
+  def batch(self, step: int, global_batch_size: int) -> dict[str, np.ndarray]:
+    if step < 0:
+      raise ValueError(f'step {step} < 0')
+    local = _rows_per_process(global_batch_size, self._process_count)
+    if global_batch_size % self._num_shards:
+      raise ConfigError('data.stream_shards', self._num_shards, f'must divide the batch size {global_batch_size}')
+    per_shard = global_batch_size // self._num_shards
+    shard_b, within_b = np.divmod(self._process_index * local + np.arange(local), per_shard)
+    rows = []
+    for shard in np.unique(shard_b).tolist():
+      first = step * per_shard + int(within_b[shard_b == shard][0])
+      count = int((shard_b == shard).sum())
+      if self._window_rows:
+        rows += [self._shuffled(shard, r) for r in range(first, first + count)]
+      else:
+        rows += self._shard(shard).rows(first, count)
     return {name: np.stack(parts) for name, parts in zip(_FIELDS, zip(*rows))}
 
 

@@ -87,12 +87,10 @@ def local_documents(corpus: Corpus, split: str) -> list[str]:
   return [text.decode('utf-8') for _, text in examples]
 
 
-def stream_documents(corpus: Corpus, split: str, process_index: int, process_count: int,
-                     skip: int = 0) -> Iterator[str]:
-  """This process's slice of `split` (tfds even_splits, disjoint across processes), in stored order, once, from its
-  document `skip` on (skipped records are read but never decoded or tokenized)."""
-  shard = tfds.even_splits(split, n=process_count)[process_index]
-  dataset = corpus.builder.as_dataset(split=shard, shuffle_files=False).skip(skip)
-  dataset = dataset.map(lambda example: example[corpus.text_key])
+def stream_documents(corpus: Corpus, split: str, shard: int, num_shards: int, skip: int = 0) -> Iterator[str]:
+  """Shard `shard` of `num_shards` of `split` (tfds even_splits, disjoint), in stored order, once, from its document
+  `skip` on (skipped records are read but never decoded or tokenized)."""
+  dataset = corpus.builder.as_dataset(split=tfds.even_splits(split, n=num_shards)[shard], shuffle_files=False)
+  dataset = dataset.skip(skip).map(lambda example: example[corpus.text_key])
   for text in tfds.as_numpy(dataset):
     yield text.decode('utf-8', errors='replace')

@@ -75,9 +75,11 @@ def test_heads_must_divide_over_tensor():
     validate(typed(cfg(**{'mesh.tensor': 4, 'mesh.data': 2})), 8)
 
 
-def test_both_data_sources_is_an_error():
+def test_data_source_rules_are_errors():
   with pytest.raises(ConfigError, match='data.tfds_name'):
     validate(typed(cfg(**{'data.text_dir': '/tmp', 'data.tfds_name': 'c4'})), 1)
+  with pytest.raises(ConfigError, match='data.stream_shards'):  # each batch takes an equal slice of every shard
+    validate(typed(cfg(**{'data.tfds_name': 'c4', 'data.stream_shards': 3})), 1)
 
 
 def test_dcn_data_must_match_the_granules():
@@ -119,7 +121,8 @@ OUT_OF_DOMAIN = {
     'model.ffn_block': 0, 'model.rope_theta': 0.0, 'model.norm_eps': -1e-6, 'model.init_std': 0.0,
     'model.tie_embeddings': 'yes', 'model.dtype': 'float16', 'model.remat': 1, 'model.scan_layers': None,
     'data.text_dir': '/nonexistent/notes', 'data.text_glob': '', 'data.tfds_name': 3,
-    'data.tfds_data_dir': '/nonexistent/tfds', 'data.text_key': '', 'data.train_split': '', 'data.eval_split': '',
+    'data.tfds_data_dir': '/nonexistent/tfds', 'data.stream_shards': 0, 'data.shuffle_buffer': -1,
+    'data.text_key': '', 'data.train_split': '', 'data.eval_split': '',
     'data.validation_percent': 0, 'data.cache_dir': '/dev/null/cache', 'data.seq_len': 1,
     'data.tokenizer': 'wordpiece', 'data.vocab_size': 0, 'data.spm_model_type': 'wordpiece', 'data.spm_max_chars': 0,
     'data.extra_ids': -1, 'data.spm_model_path': '/nonexistent/tokenizer.model',

@@ -301,45 +301,69 @@ def test_packed_split_holds_every_document_token_once_in_order(config, spm_token
   np.testing.assert_array_equal(np.concatenate(unpack(rows)), np.concatenate([[bos, *d, eos] for d in docs]))
 
 
-def test_catalogue_name_is_streamed_per_process_and_step_indexed(config, cache_dir):
-  corpus = sources.open_corpus(typed(config).data)  # read back, by name, as a catalogue dataset
-  name = f'{corpus.builder.name}/{corpus.builder.builder_config.name}'
-  cat = make_config(cache_dir, tfds_name=name, tfds_data_dir=str(cache_dir / 'tfds'), tokenizer='byte',
-                    vocab_size=264)
-  ds = make_dataset(cat, 'train', 0, 2)
-  assert ds.num_rows is None
-  b3 = ds.batch(3, 4)
-  b1 = ds.batch(1, 4)
-  np.testing.assert_array_equal(ds.batch(3, 4)['tokens'], b3['tokens'])
-  np.testing.assert_array_equal(make_dataset(cat, 'train', 0, 2).batch(1, 4)['tokens'], b1['tokens'])
-  other = make_dataset(cat, 'train', 1, 2).batch(0, 4)['tokens']
-  ours = make_dataset(cat, 'train', 0, 2).batch(0, 4)['tokens']
-  assert not {bytes(r) for r in other} & {bytes(r) for r in ours}
-  with pytest.raises(ConfigError, match='data.text_key'):
-    cat.data.text_key = 'body'
-    make_dataset(cat, 'train')
+def catalogue_config(config, cache_dir, **data):
+  """The local corpus of `config`, read back by name as a catalogue dataset (so streamed), with byte tokens."""
+  corpus = sources.open_corpus(typed(config).data)
+  return make_config(cache_dir, tfds_name=f'{corpus.builder.name}/{corpus.builder.builder_config.name}',
+                     tfds_data_dir=str(cache_dir / 'tfds'), tokenizer='byte', vocab_size=264, **data)
+
+
+def global_batch(cat, step: int, batch_size: int, process_count: int) -> dict[str, np.ndarray]:
+  parts = [make_dataset(cat, 'train', p, process_count).batch(step, batch_size) for p in range(process_count)]
+  return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+@pytest.mark.parametrize('shards', [1, 2, 4])
+def test_streamed_global_batches_are_the_same_on_any_process_count(config, cache_dir, shards):
+  """Rows are indexed globally: 1, 2 and 4 processes together read the same global batches, rows and order, at any
+  step, whichever of them is asked first; and the shuffle reorders rows only within their windows."""
+  cat = catalogue_config(config, cache_dir, seq_len=64, stream_shards=shards, shuffle_buffer=8)
+  assert make_dataset(cat, 'train').num_rows is None
+  for step in (5, 0, 1):
+    one = global_batch(cat, step, 8, 1)
+    for process_count in (2, 4):
+      for name, rows in global_batch(cat, step, 8, process_count).items():
+        np.testing.assert_array_equal(rows, one[name], err_msg=f'{process_count} processes, step {step}, {name}')
+  # Steps 0..3 hold rows 0..31 of every shard's stream: 32 / (8 / shards) windows of 8 rows each, shuffled inside.
+  stored = catalogue_config(config, cache_dir, seq_len=64, stream_shards=shards, shuffle_buffer=0)
+  shuffled_rows = [bytes(r) for step in range(4 * shards) for r in make_dataset(cat, 'train').batch(step, 8)['tokens']]
+  stored_rows = [bytes(r) for step in range(4 * shards) for r in make_dataset(stored, 'train').batch(step, 8)['tokens']]
+  assert sorted(shuffled_rows) == sorted(stored_rows) and shuffled_rows != stored_rows
+
+
+def test_streamed_shards_are_disjoint_and_the_shuffle_follows_the_seed(config, cache_dir):
+  cat = catalogue_config(config, cache_dir, seq_len=64, stream_shards=2, shuffle_buffer=8)
+  batch = make_dataset(cat, 'train').batch(0, 8)['tokens']
+  assert not {bytes(r) for r in batch[:4]} & {bytes(r) for r in batch[4:]}  # shard 0's slice, then shard 1's
+  reseeded = cat.copy_and_resolve_references()
+  reseeded.seed += 1
+  other = make_dataset(reseeded, 'train').batch(0, 8)['tokens']
+  assert sorted(map(bytes, other)) != sorted(map(bytes, batch))  # another seed, another order (another window pick)
+  with pytest.raises(ConfigError, match='data.stream_shards'):
+    make_dataset(cat, 'train').batch(0, 5)
 
 
 def test_streamed_batch_is_reached_from_the_nearest_recorded_row(config, cache_dir, monkeypatch):
   """A new dataset (a resumed run) reaches batch 300 by skipping to the saved start of row 960, inside a document,
   instead of re-reading the stream from its first document; the rows are the ones the first reader got."""
-  corpus = sources.open_corpus(typed(config).data)
-  cat = make_config(cache_dir, tfds_name=f'{corpus.builder.name}/{corpus.builder.builder_config.name}',
-                    tfds_data_dir=str(cache_dir / 'tfds'), tokenizer='byte', vocab_size=264, seq_len=128)
+  cat = catalogue_config(config, cache_dir, seq_len=128, shuffle_buffer=0)
   reader = make_dataset(cat, 'train', 0, 1)
   want = reader.batch(300, 4)  # rows 1200..1203; the starts of rows 0, 64, ..., 960 are saved on the way
-  assert reader._index[960][2] > 0  # (epoch, document, token offset): row 960 starts inside a document
+  assert reader._shards[0]._index[960][2] > 0  # (epoch, document, token offset): row 960 starts inside a document
   skips, stream_documents = [], sources.stream_documents
 
-  def spy(corpus, split, process_index, process_count, skip=0):
+  def spy(corpus, split, shard, num_shards, skip=0):
     skips.append(skip)
-    return stream_documents(corpus, split, process_index, process_count, skip)
+    return stream_documents(corpus, split, shard, num_shards, skip)
 
   monkeypatch.setattr(sources, 'stream_documents', spy)
   got = make_dataset(cat, 'train', 0, 1).batch(300, 4)
   assert skips and skips[0] > 0, skips
   for name in want:
     np.testing.assert_array_equal(got[name], want[name])
+  cat.data.text_key = 'body'
+  with pytest.raises(ConfigError, match='data.text_key'):
+    make_dataset(cat, 'train')
 
 
 def test_default_corpus_end_to_end_with_bytes(cache_dir):

@@ -190,17 +190,22 @@ def test_checkpoint_of_another_shape_is_a_clear_error(tmp_path):
     checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), typed(bigger)).restore(_setup(bigger, jax.devices()[:1])[1])
 
 
-def test_streamed_data_resumes_only_on_the_process_count_that_wrote_it(tmp_path):
-  """Each process streams its own slice of a catalogue dataset: another count would read other rows, silently."""
+def test_streamed_layout_change_on_resume_is_a_clear_error(tmp_path):
+  """Streamed rows depend on data.stream_shards and data.shuffle_buffer (not on the process count): a resume with
+  another value would read other rows, so it is refused by name; local corpora ignore both keys."""
   config = small_config()
-  _, setup = _setup(config, jax.devices()[:1])
-  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), typed(config), streamed_processes=2)
+  config.data.tfds_name, config.data.text_dir = 'ringlm_stdlib', ''
+  _, setup = _setup(small_config(), jax.devices()[:1])
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), typed(config))
   ckpt.save(1, setup.init(), force=True)
   ckpt.close()
-  assert int(checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), typed(config), 2).restore(setup)['step']) == 0
-  with pytest.raises(ConfigError, match='on 2 processes') as err:
-    checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), typed(config), streamed_processes=1).restore(setup)
-  assert err.value.key == 'processes' and '\n' not in str(err.value)
+  assert int(checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), typed(config)).restore(setup)['step']) == 0
+  for key, value in (('stream_shards', 2), ('shuffle_buffer', 0)):
+    changed = config.copy_and_resolve_references()
+    changed.data[key] = value
+    with pytest.raises(ConfigError, match=f'data.{key}') as err:
+      checkpoint_lib.Checkpointer(str(tmp_path / 'ckpt'), typed(changed)).restore(setup)
+    assert '\n' not in str(err.value)
 
 
 def test_weight_decay_skips_norms_and_embedding_whether_or_not_layers_are_scanned():

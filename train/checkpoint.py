@@ -25,22 +25,22 @@ SHAPE_KEYS = ('num_layers', 'd_model', 'num_heads', 'num_kv_heads', 'head_dim', 
 def meta_for(config: Config) -> dict:
   """What a checkpoint must agree with to be resumed: the objective and everything that shapes the state."""
   model = {k: getattr(config.model, k) for k in SHAPE_KEYS}
-  return {'objective': config.objective, 'model': model, 'vocab_size': config.data.vocab_size,
-          'tokenizer': config.data.tokenizer, 'seq_len': config.data.seq_len}
+  d = config.data
+  # How streamed rows are laid out decides which rows each step reads (any process count reads the same ones).
+  stream = None if d.local else {'stream_shards': d.stream_shards, 'shuffle_buffer': d.shuffle_buffer}
+  return {'objective': config.objective, 'model': model, 'vocab_size': d.vocab_size, 'tokenizer': d.tokenizer,
+          'seq_len': d.seq_len, 'stream': stream}
 
 
 class Checkpointer:
   """Save every `checkpoint.every_steps` (async), keep `checkpoint.keep`, restore the latest onto this mesh."""
 
-  def __init__(self, directory: str, config: Config, streamed_processes: int | None = None):
-    """streamed_processes: the process count when the training data is streamed (data.tfds_name): each process
-    reads its own slice of it, so a resume on another count would read other data; None for local corpora, whose
-    batches are indexed globally and resume on any count."""
+  def __init__(self, directory: str, config: Config):
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=config.checkpoint.keep, create=True,
                                            enable_async_checkpointing=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
-    self.meta = dict(meta_for(config), streamed_processes=streamed_processes)
+    self.meta = meta_for(config)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -78,11 +78,11 @@ class Checkpointer:
         raise ConfigError(cfg_key, self.meta[key],
                           f'the checkpoint at step {step} in {self.directory} was written with {meta.get(key)!r}; '
                           'use that value or a new --workdir')
-    streamed, now = meta.get('streamed_processes'), self.meta['streamed_processes']
-    if streamed is not None and now is not None and streamed != now:
-      raise ConfigError('processes', now, f'the checkpoint at step {step} in {self.directory} streamed its data '
-                        f'(data.tfds_name) on {streamed} processes, each reading its own slice, so this count would '
-                        f'read other data; resume on {streamed} processes or use a new --workdir')
+    for key, value in (self.meta['stream'] or {}).items():
+      stored = (meta.get('stream') or {}).get(key, value)
+      if stored != value:
+        raise ConfigError(f'data.{key}', value, f'the checkpoint at step {step} in {self.directory} streamed its data '
+                          f'with {stored!r}, and another value reads other rows; use {stored!r} or a new --workdir')
     defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}  # keys newer than the checkpoint
     stored_model = dict(meta['model'])
     if stored_model.get('head_dim') == 0:  # written when 0 (= d_model / num_heads) was stored unresolved

@@ -170,8 +170,7 @@ class Run:
     return self.data.tokenizer.token_bytes
 
   def checkpointer(self) -> checkpoint_lib.Checkpointer:
-    streamed = None if self.config.data.local else self.runtime.process_count
-    return checkpoint_lib.Checkpointer(os.path.join(self.workdir, 'checkpoints'), self.config, streamed)
+    return checkpoint_lib.Checkpointer(os.path.join(self.workdir, 'checkpoints'), self.config)
 
   @property
   def attended_keys(self) -> float:
