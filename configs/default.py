@@ -69,8 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
   d.text_glob = '**/*.txt'  # which files under text_dir are documents
   d.tfds_name = ''  # a tfds catalogue name (e.g. 'c4/en:3.1.0'); read as is
   d.tfds_data_dir = ''  # tfds data dir for tfds_name ('' = tfds default, e.g. gs://... on a TPU VM)
-  d.stream_shards = 1  # tfds_name: the split is read as this many shards, each a slice of every global batch; a
-  #   process reads only the shards its rows come from (set it to the most processes a run will use, or a multiple)
+  d.stream_shards = 1  # tfds_name: shards the split is read in, each a slice of every batch (set >= processes)
   d.shuffle_buffer = 1024  # tfds_name: packed rows shuffled in windows of this many (seeded by window); 0 = stored order
   d.text_key = 'text'  # feature holding the document text in a catalogue dataset
   d.train_split = 'train'  # split to train on
