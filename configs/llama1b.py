@@ -22,6 +22,7 @@ def get_config():
   c.model.tie_embeddings = False
   c.data.seq_len = 4096
   c.data.vocab_size = 32_000
+  c.data.stream_shards = 32  # a catalogue dataset: each of up to 32 hosts reads only its own shards
   c.train.steps = 100_000
   c.train.batch_size = 256  # 1M tokens per step
   c.train.learning_rate = 3e-4
