@@ -1,5 +1,5 @@
 """The encoder-decoder end to end: config errors, training on 8 fake devices (vanilla, ring) equal to one device,
-main.py train / eval / sample / estimate, and exact resume after kill -9."""
+main.py train / eval (with the shared probes) / sample / estimate, and exact resume after kill -9."""
 
 import signal
 
@@ -13,12 +13,14 @@ from configs.validate import validate
 from sharding import rules
 from sharding.mesh import build_mesh
 from tests.conftest import run_main, typed
+from tests.test_cli import read_metrics
 from tests.test_config import cfg
 from tests.test_resume import interrupt, losses
 from tests.test_sharding import config_for, packed_batches
 from train import flops as flops_lib
 from train import optimizer as optimizer_lib
 from train import params as params_lib
+from train import probes
 from train import state as state_lib
 from train import step as step_lib
 from train.objectives import ObjectiveSpec
@@ -103,6 +105,9 @@ def straight(small_run_flags, tmp_path_factory):
 def test_train_eval_sample_and_estimate(small_run_flags, straight):
   trained = losses(straight)
   assert sorted(trained) == list(range(1, STEPS + 1)) and trained[STEPS] < trained[1]
+  evaluated = [r for r in read_metrics(straight) if 'eval/loss' in r][-1]  # its own loss and the shared probes
+  assert evaluated['step'] == STEPS
+  assert all(np.isfinite(evaluated[f'probe/{p}/bits_per_byte']) for p in probes.READINGS)
   out = run_main(*_flags(small_run_flags, straight, '--mode=sample', '--config.sample.prompt=def f(x):',
                          '--config.sample.max_new_tokens=8')).stdout
   assert out.count('def f(x):') == 2, out  # each sample shows its prompt (the encoder's input), then the decoder's
