@@ -73,6 +73,30 @@ def test_tokenizer_preset_end_to_end(small_run_flags, tmp_path):
     assert r['tokens_per_sec'] > 0 and all(0 < r[f'probe/{q}/bits_per_byte'] < 20 for q in probes.READINGS)
 
 
+def test_architecture_preset_end_to_end(small_run_flags, tmp_path):
+  """configs/compare_architectures.py's five variants at one budget of 3 steps of the 2-layer decoders: the 1 + 1
+  layer encoder-decoders pay for cross-attention too and run 2; every variant reports its own loss and bits per byte
+  and every probe reading."""
+  flags = ['--config=configs/compare_architectures.py', *small_run_flags[1:], '--mode=compare',
+           f'--workdir={tmp_path}', '--config.data.vocab_size=612', '--config.train.eval_every=0',
+           '--config.train.eval_batches=1', '--config.model.num_encoder_layers=1',
+           '--config.model.num_decoder_layers=1']
+  small = config_of(flags)
+  tokens = small.train.batch_size * small.data.seq_len
+  budget = 3.05 * tokens * flops.flops_per_token(small.model, small.data.seq_len)
+  run_main(*flags, f'--config.compare.flops_budgets=({budget},)')
+  results = json.loads((tmp_path / 'compare' / 'results.json').read_text())
+  runs = {r['variant']: r for r in results['runs']}
+  assert list(runs) == ['causal', 'prefix_lm', 'encdec_prefix_lm', 'span', 'encdec_span']
+  assert results['baseline'] == 'causal'
+  assert {name: r['steps'] for name, r in runs.items()} == {'causal': 3, 'prefix_lm': 3, 'encdec_prefix_lm': 2,
+                                                            'span': 3, 'encdec_span': 2}
+  for r in runs.values():
+    assert r['training_flops'] <= r['budget'] < r['training_flops'] + r['training_flops'] / r['steps']
+    assert np.isfinite(r['eval/loss']) and 0 < r['eval/bits_per_byte'] < 20
+    assert all(0 < r[f'probe/{q}/bits_per_byte'] < 20 for q in probes.READINGS)
+
+
 @pytest.mark.parametrize('value', ['causal: objective=bert', '', 'a: objective=causal; a: objective=masked_lm',
                                    'wide: model.d_modl=256', 'm: mesh.data=2'])
 def test_bad_variants_are_one_line_and_exit_2(small_run_flags, tmp_path, value):

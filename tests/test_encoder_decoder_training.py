@@ -1,6 +1,8 @@
-"""The encoder-decoder end to end: config errors, training on 8 fake devices (vanilla, ring) equal to one device,
-main.py train / eval / sample / estimate, and exact resume after kill -9."""
+"""The encoder-decoder end to end: config errors, the same corrupted examples as the decoder through the train step's
+batch building, training on 8 fake devices (vanilla, ring) equal to one device, main.py train / eval (with the
+shared probes) / sample / estimate, and exact resume after kill -9."""
 
+import functools
 import signal
 
 import jax
@@ -13,12 +15,15 @@ from configs.validate import validate
 from sharding import rules
 from sharding.mesh import build_mesh
 from tests.conftest import run_main, typed
+from tests.test_cli import read_metrics
+from tests.test_encoder_decoder import packed_batch
 from tests.test_config import cfg
 from tests.test_resume import interrupt, losses
 from tests.test_sharding import config_for, packed_batches
 from train import flops as flops_lib
 from train import optimizer as optimizer_lib
 from train import params as params_lib
+from train import probes
 from train import state as state_lib
 from train import step as step_lib
 from train.objectives import ObjectiveSpec
@@ -44,6 +49,52 @@ def test_param_count_matches_the_model():
     model = typed(cfg(**ENC_DEC, **overrides)).model
     counts = flops_lib.count_params(model)
     assert counts['total'] == params_lib.count(params_lib.shapes(model))
+
+
+@functools.cache
+def _fresh(architecture: str) -> tuple:
+  """(config, mesh, fresh state) of a small tiny-derived model with 100 extra ids, seed 0."""
+  config = typed(cfg(**{'model.architecture': architecture, 'data.extra_ids': 100, 'model.d_model': 32,
+                        'model.d_ff': 64, 'model.num_layers': 1, 'model.num_encoder_layers': 1,
+                        'model.num_decoder_layers': 1}))
+  mesh = build_mesh(config.mesh, jax.devices()[:1])
+  return config, mesh, state_lib.build(config, mesh).init()
+
+
+def _step_batch(objective: str, architecture: str, step: int):
+  """The objective's batch at `step` as the train step builds it for `architecture`: the fresh state's key at that
+  step (step_rng) through objective_batch, on rows of two documents of 3 to 250 tokens."""
+  config, mesh, state = _fresh(architecture)
+  spec = ObjectiveSpec(vocab_size=config.data.vocab_size, pad_id=0, mask_id=3, num_special=8, extra_ids=100)
+  make_batch = step_lib.objective_batch(objective, mesh, config.model)
+  return make_batch(packed_batch(seed=1, rows=4, seq_len=256), step_lib.step_rng({**state, 'step': step}), spec)
+
+
+@pytest.mark.parametrize('objective', ['span_corruption', 'ul2'])
+def test_both_architectures_see_the_same_corrupted_example(objective):
+  """Same seed, same step: per document the encoder reads exactly the decoder's bidirectional inputs (sentinels and
+  mode tokens included), the decoder predicts exactly the decoder's scored targets with the same weights, reading
+  the start token and then those targets. Another step draws other noise, so the equality is not vacuous."""
+  decoder, enc_dec = (_step_batch(objective, arch, step=3) for arch in ('decoder', 'encoder_decoder'))
+  sentinels = 0
+  for r in range(4):
+    for d in (1, 2):
+      doc = np.asarray(decoder.mask.segment_ids[r]) == d
+      inputs_part = doc & np.asarray(decoder.mask.bidirectional[r])
+      scored = doc & (np.asarray(decoder.weights[r]) > 0)
+      enc_doc = np.asarray(enc_dec.encoder_mask.segment_ids[r]) == d
+      dec_doc = np.asarray(enc_dec.mask.segment_ids[r]) == d
+      dec_scored = dec_doc & (np.asarray(enc_dec.weights[r]) > 0)
+      np.testing.assert_array_equal(np.asarray(enc_dec.encoder_inputs[r])[enc_doc],
+                                    np.asarray(decoder.inputs[r])[inputs_part])
+      np.testing.assert_array_equal(np.asarray(enc_dec.targets[r])[dec_scored], np.asarray(decoder.targets[r])[scored])
+      np.testing.assert_array_equal(np.asarray(enc_dec.weights[r])[dec_scored], np.asarray(decoder.weights[r])[scored])
+      targets = np.asarray(decoder.targets[r])[scored]
+      np.testing.assert_array_equal(np.asarray(enc_dec.inputs[r])[dec_doc], np.concatenate([[0], targets[:-1]]))
+      sentinels += int((np.asarray(decoder.inputs[r])[inputs_part] >= 2048 - 100).sum())
+  assert sentinels >= 8  # every document of these rows is corrupted
+  other = _step_batch(objective, 'decoder', step=4)
+  assert not np.array_equal(np.asarray(other.inputs), np.asarray(decoder.inputs))
 
 
 def _train_losses(config, devices) -> list[float]:
@@ -103,6 +154,9 @@ def straight(small_run_flags, tmp_path_factory):
 def test_train_eval_sample_and_estimate(small_run_flags, straight):
   trained = losses(straight)
   assert sorted(trained) == list(range(1, STEPS + 1)) and trained[STEPS] < trained[1]
+  evaluated = [r for r in read_metrics(straight) if 'eval/loss' in r][-1]  # its own loss and the shared probes
+  assert evaluated['step'] == STEPS
+  assert all(np.isfinite(evaluated[f'probe/{p}/bits_per_byte']) for p in probes.READINGS)
   out = run_main(*_flags(small_run_flags, straight, '--mode=sample', '--config.sample.prompt=def f(x):',
                          '--config.sample.max_new_tokens=8')).stdout
   assert out.count('def f(x):') == 2, out  # each sample shows its prompt (the encoder's input), then the decoder's

@@ -17,9 +17,8 @@ def make_eval_step(run: Run):
 
 
 def make_probe_step(run: Run):
-  """The jitted shared-probe step (train/probes.py), or None when train.eval_probes is off or the model is an
-  encoder-decoder (the probes read decoder-only masks)."""
-  if not run.config.train.eval_probes or run.config.model.architecture == 'encoder_decoder':
+  """The jitted shared-probe step (train/probes.py, either architecture), or None when train.eval_probes is off."""
+  if not run.config.train.eval_probes:
     return None
   mesh = run.runtime.mesh
   layout = (lambda mb: step_lib.ring_layout(mb, mesh)) if run.config.model.attention == 'ring' else None

@@ -20,6 +20,18 @@ tokens for both readings):
   * `cloze_bidirectional`: chosen tokens replaced by [MASK], the document bidirectional, each predicted at its own
     position from both sides. Natural for masked-LM models, which it favours: they see right context too, so the
     two readings measure what each objective can do on the task, not the same information.
+
+Encoder-decoder. Each reading's decoder-form batch above goes through the adapter (train/objectives/
+encoder_decoder.py), so both architectures score exactly the same target tokens with the same weights:
+  * `suffix_causal`, `cloze_causal`: no bidirectional part, so the encoder is empty (every decoder query sees no
+    encoder key: cross-attention adds 0) and the decoder reads the document causally, token t from t - 1.
+  * `suffix_prefix`: the encoder reads the prefix, the decoder starts from <s> and predicts the suffix, teacher
+    forced: the encoder-decoder's prefix-LM objective at a fixed split.
+  * `suffix_masked`, `cloze_bidirectional`: the encoder reads the decoder form's masked document (the same inputs
+    and mask), the decoder predicts the masked tokens in order, each decoder slot reading the [MASK] id instead of
+    the previous target (`encode_all`). Not teacher forced on purpose: with the true earlier targets the
+    encoder-decoder would see tokens the decoder's reading hides (for suffix_masked the whole suffix before the
+    token, i.e. suffix_prefix again), so the two architectures' numbers would not measure the same task.
 """
 
 import dataclasses
@@ -36,51 +48,58 @@ from train import params as params_lib
 from train import step as step_lib
 from train.objectives import causal, masked_lm, prefix_lm
 from train.objectives.base import ModelBatch, ObjectiveSpec
+from train.objectives.encoder_decoder import EncoderDecoderBatch, encode_all, to_encoder_decoder
 
 READINGS = ('suffix_causal', 'suffix_prefix', 'suffix_masked', 'cloze_causal', 'cloze_bidirectional')
+Reading = ModelBatch | EncoderDecoderBatch
+
+
+def probe_batches(batch: dict[str, jax.Array], rng: jax.Array, spec: ObjectiveSpec, architecture: str,
+                  suffix_split: float = 0.5, cloze_rate: float = 0.15) -> list[dict[str, Reading]]:
+  """Every reading's batch for a model of `architecture`, one dict per forward pass: the readings of a pass share
+  inputs and masks (only targets and weights differ), so one forward serves them."""
+  split_spec = dataclasses.replace(spec, prefix_min_frac=suffix_split, prefix_max_frac=suffix_split)
+  tokens_BS, seg_BS = batch['tokens'], batch['segment_ids']
+  real_BS = seg_BS != 0
+  both_ways = AttentionMask(seg_BS, batch['positions'], real_BS, kind=masked_lm.MASK_KIND)
+  split_rng, cloze_rng = jax.random.split(rng)  # the split is fixed, so split_rng changes nothing
+  prefix = prefix_lm.make_batch(batch, split_rng, split_spec)  # targets t + 1, scored where t + 1 is in the suffix
+  plain = causal.make_batch(batch, split_rng, spec)
+  offset_BS, k_BS = prefix_lm.prefix_lengths(seg_BS, split_rng, split_spec)
+  suffix_BS = real_BS & (offset_BS >= k_BS)
+  chosen_BS = real_BS & (offset_BS >= 1) & (jax.random.uniform(cloze_rng, tokens_BS.shape) < cloze_rate)
+  chosen_next_BS = jnp.concatenate([chosen_BS[:, 1:], jnp.zeros_like(chosen_BS[:, :1])], axis=1)
+  left_to_right = [{'suffix_causal': dataclasses.replace(plain, weights=prefix.weights),
+                    'cloze_causal': dataclasses.replace(plain, weights=chosen_next_BS.astype(jnp.float32))},
+                   {'suffix_prefix': prefix}]
+  masked = [{name: ModelBatch(jnp.where(where_BS, spec.mask_id, tokens_BS), both_ways, tokens_BS,
+                              where_BS.astype(jnp.float32))}
+            for name, where_BS in (('suffix_masked', suffix_BS), ('cloze_bidirectional', chosen_BS))]
+  if architecture == 'decoder':
+    return left_to_right + masked
+  return ([{name: to_encoder_decoder(mb, spec) for name, mb in p.items()} for p in left_to_right] +
+          [{name: encode_all(mb, spec) for name, mb in p.items()} for p in masked])
 
 
 def make_probe_sums(model_cfg: ModelConfig, spec: ObjectiveSpec, token_bytes: np.ndarray,
                     suffix_split: float = 0.5, cloze_rate: float = 0.15,
-                    layout: Callable[[ModelBatch], ModelBatch] | None = None) -> Callable:
+                    layout: Callable[[Reading], Reading] | None = None) -> Callable:
   """(params, batch, rng) -> {f'{reading}/{loss|correct|weight|bytes}': sum}; jittable, four forward passes.
 
   `layout` reorders each pass's [B, S] arrays alike before the model (ring attention's zig-zag): sums do not
   depend on the order."""
-  split_spec = dataclasses.replace(spec, prefix_min_frac=suffix_split, prefix_max_frac=suffix_split)
   token_bytes_V = jnp.asarray(token_bytes, jnp.int32)
 
   def probe_sums(params, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
     model = params_lib.apply(model_cfg, params)
-
-    def sums(inputs_BS, mask: AttentionMask, readings: dict[str, tuple[jax.Array, jax.Array]]):
-      batches = {name: ModelBatch(inputs_BS, mask, targets_BS, weights_BS)
-                 for name, (targets_BS, weights_BS) in readings.items()}
+    out = {}
+    for readings in probe_batches(batch, rng, spec, model_cfg.architecture, suffix_split, cloze_rate):
       if layout is not None:
-        batches = {name: layout(mb) for name, mb in batches.items()}
-      first = next(iter(batches.values()))
-      h_BSD = model.hidden(first.inputs, first.mask)
-      return {f'{name}/{k}': v for name, mb in batches.items()
+        readings = {name: layout(mb) for name, mb in readings.items()}
+      h_BSD = step_lib.hidden(model, next(iter(readings.values())))
+      out |= {f'{name}/{k}': v for name, mb in readings.items()
               for k, v in loss_lib.loss_sums(h_BSD, model.head_weights_DV(), mb.targets, mb.weights,
                                              token_bytes_V, model_cfg.ffn_chunk).items()}
-
-    tokens_BS, seg_BS = batch['tokens'], batch['segment_ids']
-    real_BS = seg_BS != 0
-    both_ways = AttentionMask(seg_BS, batch['positions'], real_BS, kind=masked_lm.MASK_KIND)
-    split_rng, cloze_rng = jax.random.split(rng)  # the split is fixed, so split_rng changes nothing
-    prefix = prefix_lm.make_batch(batch, split_rng, split_spec)  # targets t + 1, scored where t + 1 is in the suffix
-    plain = causal.make_batch(batch, split_rng, spec)
-    offset_BS, k_BS = prefix_lm.prefix_lengths(seg_BS, split_rng, split_spec)
-    suffix_BS = real_BS & (offset_BS >= k_BS)
-    chosen_BS = real_BS & (offset_BS >= 1) & (jax.random.uniform(cloze_rng, tokens_BS.shape) < cloze_rate)
-    chosen_next_BS = jnp.concatenate([chosen_BS[:, 1:], jnp.zeros_like(chosen_BS[:, :1])], axis=1)
-    out = sums(tokens_BS, plain.mask, {'suffix_causal': (prefix.targets, prefix.weights),
-                                       'cloze_causal': (plain.targets, chosen_next_BS.astype(jnp.float32))})
-    out |= sums(tokens_BS, prefix.mask, {'suffix_prefix': (prefix.targets, prefix.weights)})
-    out |= sums(jnp.where(suffix_BS, spec.mask_id, tokens_BS), both_ways,
-                {'suffix_masked': (tokens_BS, suffix_BS.astype(jnp.float32))})
-    out |= sums(jnp.where(chosen_BS, spec.mask_id, tokens_BS), both_ways,
-                {'cloze_bidirectional': (tokens_BS, chosen_BS.astype(jnp.float32))})
     return out
 
   return probe_sums

@@ -48,8 +48,9 @@ def ring_layout(mb: ModelBatch | EncoderDecoderBatch, mesh: Mesh) -> ModelBatch 
   return to_zigzag(mb, math.prod(mesh.shape[a] for a in rules.mesh_axes('length')))
 
 
-def _objective(name: str, mesh: Mesh, model_cfg: ModelConfig) -> Callable:
-  """The objective's batch for the model: its decoder form, adapted for the encoder-decoder, in ring layout."""
+def objective_batch(name: str, mesh: Mesh, model_cfg: ModelConfig) -> Callable:
+  """(batch, rng, spec) -> the objective's batch for the model: its decoder form, adapted for the encoder-decoder,
+  in ring layout. What the train and eval steps build; tests check both architectures' examples through it."""
   make_batch = objectives.get(name)
   if model_cfg.architecture == 'encoder_decoder':
     decoder_form = make_batch
@@ -57,6 +58,11 @@ def _objective(name: str, mesh: Mesh, model_cfg: ModelConfig) -> Callable:
   if model_cfg.attention != 'ring':
     return make_batch
   return lambda batch, rng, spec: ring_layout(make_batch(batch, rng, spec), mesh)
+
+
+def step_rng(state) -> jax.Array:
+  """The objective's key at the state's step: it depends on (seed, step) only, so resume is exact."""
+  return jax.random.fold_in(state['rng'], state['step'])
 
 
 def _microbatches(x_B: jax.Array, count: int) -> jax.Array:
@@ -73,11 +79,11 @@ def make_train_step(setup: StateSetup, mesh: Mesh, objective: str, spec: Objecti
   With grad_accum_steps > 1 the batch's gradient is summed over that many microbatches in turn (activations for
   one microbatch at a time), then one optimizer update: the same step as one big batch, up to float rounding.
   """
-  make_batch = _objective(objective, mesh, setup.model_cfg)
+  make_batch = objective_batch(objective, mesh, setup.model_cfg)
   token_bytes_V = jnp.asarray(token_bytes, jnp.int32)
 
   def step(state, batch: Batch):
-    mb = make_batch(batch, jax.random.fold_in(state['rng'], state['step']), spec)
+    mb = make_batch(batch, step_rng(state), spec)
     scored = jnp.maximum(mb.weights.sum(), 1.0)  # the whole batch's, so microbatch losses add up to its mean
 
     def loss_fn(params, mb: ModelBatch | EncoderDecoderBatch):
@@ -111,7 +117,7 @@ def make_train_step(setup: StateSetup, mesh: Mesh, objective: str, spec: Objecti
 def make_eval_step(setup: StateSetup, mesh: Mesh, objective: str, spec: ObjectiveSpec,
                    token_bytes: np.ndarray) -> Callable:
   """params, batch, rng -> loss sums (add them over batches, then `summarize`)."""
-  make_batch = _objective(objective, mesh, setup.model_cfg)
+  make_batch = objective_batch(objective, mesh, setup.model_cfg)
   token_bytes_V = jnp.asarray(token_bytes, jnp.int32)
 
   def step(params, batch: Batch, rng: jax.Array):

@@ -19,6 +19,11 @@ Rows: both the encoder and the decoder row are S long (the batch's length), each
 front in order, then padding (segment 0). Static shapes whatever the split; the cost is padding: together the two
 rows hold about S real tokens, in 2S slots. Segment ids are kept, so packed documents never see each other, in
 self-attention or across (a decoder token cross-attends only to the encoder tokens of its own document).
+
+`encode_all` is the other reading, for a batch with no target part (masked LM's form, the probes' masked readings):
+the encoder reads the whole (corrupted) row as is, and the decoder predicts each document's scored tokens in order,
+one slot each, every slot reading the mask id rather than the previous target (no teacher forcing), so each
+prediction sees what the decoder form's sees (the corrupted document and which token it is for) and nothing more.
 """
 
 import dataclasses
@@ -76,3 +81,14 @@ def to_encoder_decoder(mb: ModelBatch, spec: ObjectiveSpec) -> EncoderDecoderBat
   return EncoderDecoderBatch(encoder_inputs=enc_tokens_BS, encoder_mask=_mask(enc_seg_BS, True),
                              inputs=dec_tokens_BS, mask=_mask(dec_seg_BS, False), targets=targets_BS,
                              weights=weights_BS)
+
+
+def encode_all(mb: ModelBatch, spec: ObjectiveSpec) -> EncoderDecoderBatch:
+  """The encoder-decoder batch of a decoder-form batch whose real tokens are all bidirectional (masked LM's form):
+  the encoder reads its inputs and mask as they are, the decoder predicts its scored targets in order from mask ids
+  (see the module docstring), with the same weights."""
+  dec_seg_BS, targets_BS, weights_BS = _pack_front(mb.weights > 0, (mb.mask.segment_ids, mb.targets, mb.weights),
+                                                   (0, 0, 0.0))
+  return EncoderDecoderBatch(encoder_inputs=mb.inputs, encoder_mask=mb.mask,
+                             inputs=jnp.where(dec_seg_BS != 0, spec.mask_id, spec.pad_id),
+                             mask=_mask(dec_seg_BS, False), targets=targets_BS, weights=weights_BS)
