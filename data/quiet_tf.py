@@ -1,9 +1,13 @@
-"""TensorFlow and tfds, imported once with their logs down and no accelerators.
+"""tfds, imported with its logs down, and TensorFlow, imported only when tfds records are built or read.
 
-TF is only a file reader here: if it grabbed GPU/TPU memory, JAX (which owns the accelerators) would run out.
+TF takes seconds to import, and a run whose corpus, tokenizer and packed rows are already cached reads none of it:
+builders, split sizes and the prepared-data check are tfds alone. So `tensorflow()` is called right before anything
+that reads or writes records. TF is only a file reader here: if it grabbed GPU/TPU memory, JAX (which owns the
+accelerators) would run out, so its devices are hidden before tfds can touch it.
 """
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -12,17 +16,22 @@ from collections.abc import Iterator
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # its banner ignores the log level; TF does no math here
 
-import tensorflow as tf  # noqa: E402
-import tensorflow_datasets as tfds  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402  (imports TF lazily, on first use)
 
-try:
-  tf.config.set_visible_devices([], 'GPU')
-  tf.config.set_visible_devices([], 'TPU')
-except (RuntimeError, ValueError):
-  pass  # already initialised (then already hidden by an earlier import of this module) or no such device type
-tf.get_logger().setLevel('ERROR')
 tfds.disable_progress_bar()
 
+
+@functools.cache
+def tensorflow() -> None:
+  """Imports TF with its GPUs and TPUs hidden and its logger quiet; call before building or reading tfds records."""
+  import tensorflow as tf
+
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+    tf.config.set_visible_devices([], 'TPU')
+  except (RuntimeError, ValueError):
+    pass  # already initialised (then already hidden by an earlier call) or no such device type
+  tf.get_logger().setLevel('ERROR')
 
 
 @contextlib.contextmanager

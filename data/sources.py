@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from configs.errors import ConfigError
 from configs.sections import DataConfig
 from data import builders, cache
-from data.quiet_tf import quietly, tfds
+from data.quiet_tf import quietly, tensorflow, tfds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +37,8 @@ def open_corpus(data_config: DataConfig) -> Corpus:
   with quietly():
     builder = make()
     with cache.lock(pathlib.Path(builder.data_dir)):
+      if not builder.is_prepared():
+        tensorflow()
       builder.download_and_prepare()
     builder = make()  # reloads the split sizes, in case another process built the data while this one waited
   identity = f'{builder.name}_{builder.builder_config.name}_{builder.version}'
@@ -45,6 +47,7 @@ def open_corpus(data_config: DataConfig) -> Corpus:
 
 def _catalogue(data_config: DataConfig) -> Corpus:
   name, data_dir = data_config.tfds_name, data_config.tfds_data_dir or None
+  tensorflow()  # streamed: every batch reads records
   try:
     with quietly():
       builder = tfds.builder(name, data_dir=data_dir)
@@ -82,6 +85,7 @@ def check_split(corpus: Corpus, split: str, key: str) -> None:
 
 def local_documents(corpus: Corpus, split: str) -> list[str]:
   """Every document of `split`, ordered by path (so nothing depends on how tfds laid out the records)."""
+  tensorflow()
   dataset = corpus.builder.as_dataset(split=split, shuffle_files=False)
   examples = sorted((e['path'], e['text']) for e in tfds.as_numpy(dataset))
   return [text.decode('utf-8') for _, text in examples]
@@ -90,6 +94,7 @@ def local_documents(corpus: Corpus, split: str) -> list[str]:
 def stream_documents(corpus: Corpus, split: str, shard: int, num_shards: int, skip: int = 0) -> Iterator[str]:
   """Shard `shard` of `num_shards` of `split` (tfds even_splits, disjoint), in stored order, once, from its document
   `skip` on (skipped records are read but never decoded or tokenized)."""
+  tensorflow()
   dataset = corpus.builder.as_dataset(split=tfds.even_splits(split, n=num_shards)[shard], shuffle_files=False)
   dataset = dataset.skip(skip).map(lambda example: example[corpus.text_key])
   for text in tfds.as_numpy(dataset):

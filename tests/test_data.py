@@ -1,7 +1,10 @@
 """data/: builders, tokenizers, packing and the step-indexed pipeline, on real stdlib text (small subsets for speed)."""
 
+import json
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +13,7 @@ from configs import default
 from configs.errors import ConfigError
 from data import builders, packing, pipeline, sources, split, tokenizers
 from data.quiet_tf import quietly, tfds
-from tests.conftest import typed
+from tests.conftest import ROOT, typed
 
 NON_ASCII = '\n# ünïcödé ✓ 日本語 𝔘 — tabs\tand   spaces\n'
 
@@ -230,6 +233,20 @@ def test_stdlib_builder_holds_library_sources_only(cache_dir, tmp_path):
 def config(cache_dir, text_dir, spm_tokenizer):
   del spm_tokenizer  # trained (and cached) first
   return make_config(cache_dir, text_dir)
+
+
+def test_cached_data_is_read_without_importing_tensorflow(config):
+  """TF takes seconds to import and is needed only to build or read tfds records: once the corpus, tokenizer and
+  packed rows are cached, opening both splits and reading batches in a new process never imports it."""
+  for split_name in ('train', 'validation'):
+    make_dataset(config, split_name).batch(0, 2)  # builds and caches
+  script = (f'import sys, json\nfrom configs.sections import Config\nfrom data import pipeline\n'
+            f'data = Config.from_dict(json.loads(sys.argv[1])).data\n'
+            f'for split in ("train", "validation"):\n  pipeline.make_dataset(data, 0, split).batch(0, 2)\n'
+            f'print("tensorflow" in sys.modules)')
+  out = subprocess.run([sys.executable, '-c', script, json.dumps(config.to_dict())], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+  assert out.stdout.strip() == 'False', out.stderr[-2000:]
 
 
 def test_batches_are_step_indexed_whatever_was_asked_before(config):
