@@ -1,14 +1,21 @@
 """Test-wide setup: 8 fake CPU devices for mesh tests, before jax is imported anywhere."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')  # scipy's L-BFGS is faster single-threaded on 2 cores
+# The many main.py runs compile the same programs: JAX's persistent cache (fresh for each session, removed at exit)
+# lets a later process load what an earlier one compiled. It changes no numbers: executables are keyed by their HLO.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='ringlm-tests-jax-cache-')
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 
 import pathlib
-import shutil
 import subprocess
 import sys
 
