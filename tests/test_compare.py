@@ -99,13 +99,19 @@ def test_architecture_preset_end_to_end(small_run_flags, tmp_path):
 
 @pytest.mark.parametrize('value', ['causal: objective=bert', '', 'a: objective=causal; a: objective=masked_lm',
                                    'wide: model.d_modl=256', 'm: mesh.data=2'])
-def test_bad_variants_are_one_line_and_exit_2(small_run_flags, tmp_path, value):
-  proc = run_main(*small_run_flags, '--mode=compare', f'--workdir={tmp_path}', f'--config.compare.variants={value}',
-                  check=False)
+def test_bad_variants_are_one_line_naming_the_key(small_run_flags, value):
+  with pytest.raises(ConfigError) as err:
+    compare.variant_configs(config_of([*small_run_flags, f'--config.compare.variants={value}']))
+  assert err.value.key == 'compare.variants' and '\n' not in str(err.value)
+
+
+def test_a_bad_variant_exits_2_with_one_line_before_any_work(small_run_flags, tmp_path):
+  proc = run_main(*small_run_flags, '--mode=compare', f'--workdir={tmp_path}',
+                  '--config.compare.variants=wide: model.d_modl=256', check=False)
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
   assert len(lines) == 1 and lines[0].startswith('error: compare.variants='), proc.stderr[-2000:]
-  assert 'Traceback' not in proc.stderr
+  assert 'Traceback' not in proc.stderr and not (tmp_path / 'compare').exists()
 
 
 def test_variants_parse_into_typed_overrides():
