@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import ROOT, run_main
 
-STEPS = 40
+STEPS = 24
 
 
 def flags(small_run_flags, workdir, *extra):
