@@ -8,6 +8,7 @@ restores onto another.
 """
 
 import dataclasses
+import logging
 import os
 
 import orbax.checkpoint as ocp
@@ -102,9 +103,21 @@ class Checkpointer:
     self.manager.close()
 
 
+def _reader(directory: str) -> ocp.CheckpointManager:
+  """A manager that only reads `directory`, opened without orbax's three warnings that it is read-only."""
+  absl_logger = logging.getLogger('absl')
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  finally:
+    absl_logger.setLevel(level)
+
+
 def load_params(path: str, setup: StateSetup) -> dict:
   """Params only, from another run's checkpoint dir (its latest step) — for `checkpoint.init_from`."""
-  manager = ocp.CheckpointManager(os.path.abspath(path), options=ocp.CheckpointManagerOptions(read_only=True))
+  manager = _reader(path)
   step = manager.latest_step()
   if step is None:
     raise ConfigError('checkpoint.init_from', path, 'no checkpoint there; point it at a run\'s checkpoints/ dir')
@@ -118,7 +131,7 @@ def all_steps(directory: str) -> list[int]:
   """The steps of the complete checkpoints in `directory`, ascending; reads nothing else (no config needed)."""
   if not os.path.isdir(directory):
     return []
-  manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(read_only=True))
+  manager = _reader(directory)
   try:
     return sorted(manager.all_steps())
   finally:
