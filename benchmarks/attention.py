@@ -1,10 +1,15 @@
 """Attention paths compared: fwd+bwd compiled temp memory (per device), median step time, longest length under a cap.
 
   .venv/bin/python benchmarks/attention.py --seq_lens=1024,2048,4096,8192 --paths=vanilla,blockwise,ring
+  python benchmarks/attention.py --paths=blockwise --kernel=pallas --dtype=bfloat16 ...   # a GPU or TPU: fused
+  .venv/bin/python benchmarks/attention.py --paths=blockwise --kernel=pallas --interpret=gpu --seq_lens=256  # CPU
 
 Prints one JSON object per line. On CPU, ring runs on 8 fake host devices (set before jax is imported), so its
 times measure overhead, not speed-up; its memory is per device, which is what the ring saves. --ring_devices
 measures the ring over fewer devices too (a sequence axis of each size), to show memory falling as 1/n.
+--kernel is model.attention_kernel: `pallas` runs blockwise attention through the platform's fused kernel (splash on
+TPU, Triton flash on GPU); `--interpret` runs a platform's kernel in Pallas' interpreter, which checks that the path
+runs on CPU (its times mean nothing).
 """
 
 import argparse
@@ -23,7 +28,7 @@ import jax.numpy as jnp  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from models.attention import AttentionMask, attend  # noqa: E402
+from models.attention import AttentionMask, attend, dispatch  # noqa: E402
 
 AXES = ('data', 'fsdp', 'tensor', 'sequence')
 
@@ -44,8 +49,8 @@ def build(args: argparse.Namespace, path: str, seq_len: int, devices: int = 1):
   mask = make_mask(args.mask, args.batch, seq_len)
 
   def step(q, k, v, do, mask):
-    loss = lambda q, k, v: (attend(q, k, v, mask, kind=path, q_block=args.q_block, kv_block=args.kv_block) * do).astype(
-        jnp.float32).sum()
+    loss = lambda q, k, v: (attend(q, k, v, mask, kind=path, q_block=args.q_block, kv_block=args.kv_block,
+                                   kernel=args.kernel) * do).astype(jnp.float32).sum()
     return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
 
   mesh = None
@@ -54,7 +59,8 @@ def build(args: argparse.Namespace, path: str, seq_len: int, devices: int = 1):
     mesh = jax.make_mesh((1, 1, 1, devices), AXES, devices=jax.devices()[:devices])
     sharded = NamedSharding(mesh, P(None, 'sequence'))
     inputs = jax.device_put(inputs, sharded)
-  with jax.set_mesh(mesh) if mesh else contextlib.nullcontext():
+  interpret = dispatch.interpret_as(args.interpret) if args.interpret else contextlib.nullcontext()
+  with interpret, jax.set_mesh(mesh) if mesh else contextlib.nullcontext():
     compiled = jax.jit(step).lower(*inputs).compile()
   return compiled, inputs, mesh
 
@@ -108,9 +114,12 @@ def main() -> None:
   parser.add_argument('--memory_cap_gb', type=float, default=0.0, help='> 0: also search the longest fitting length')
   parser.add_argument('--max_search_len', type=int, default=2**20)
   parser.add_argument('--ring_devices', default='', help='sequence axis sizes for ring; default: every device')
+  parser.add_argument('--kernel', default='jax', choices=dispatch.KERNELS, help='model.attention_kernel')
+  parser.add_argument('--interpret', choices=('tpu', 'gpu'), help="run that platform's Pallas kernels interpreted")
   args = parser.parse_args()
   config = dict(batch=args.batch, heads=args.heads, kv_heads=args.kv_heads, head_dim=args.head_dim, mask=args.mask,
-                dtype=args.dtype, q_block=args.q_block, kv_block=args.kv_block, backend=jax.default_backend())
+                dtype=args.dtype, q_block=args.q_block, kv_block=args.kv_block, kernel=args.kernel,
+                interpret=args.interpret, backend=jax.default_backend())
   ring_devices = [int(n) for n in args.ring_devices.split(',')] if args.ring_devices else [jax.device_count()]
   runs = [(path, n) for path in args.paths.split(',') for n in (ring_devices if path == 'ring' else [1])]
   for seq_len in map(int, args.seq_lens.split(',')):
