@@ -72,6 +72,12 @@ def variant_configs(config: Config) -> dict[str, Config]:
       configs[name] = config.override(dict(overrides))
     except ConfigError as e:
       raise ConfigError('compare.variants', config.compare.variants, f'variant {name}: {e}') from None
+    m = configs[name].model
+    if m.architecture == 'encoder_decoder' and m.attention != 'vanilla':
+      raise ConfigError('compare.variants', config.compare.variants,
+                        f'variant {name}: an encoder-decoder\'s skipped block pairs under {m.attention} attention are '
+                        'not counted yet, so its budget would buy fewer steps than a decoder\'s; compare it with '
+                        'model.attention=vanilla')
   return configs
 
 

@@ -98,7 +98,8 @@ def test_architecture_preset_end_to_end(small_run_flags, tmp_path):
 
 
 @pytest.mark.parametrize('value', ['causal: objective=bert', '', 'a: objective=causal; a: objective=masked_lm',
-                                   'wide: model.d_modl=256', 'm: mesh.data=2'])
+                                   'wide: model.d_modl=256', 'm: mesh.data=2',
+                                   'ed: model.architecture=encoder_decoder objective=prefix_lm model.attention=blockwise'])
 def test_bad_variants_are_one_line_naming_the_key(small_run_flags, value):
   with pytest.raises(ConfigError) as err:
     compare.variant_configs(config_of([*small_run_flags, f'--config.compare.variants={value}']))
