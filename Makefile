@@ -20,10 +20,20 @@ $(STAMP): requirements.txt $(REQUIREMENTS)
 	$(PY) -m pip install -q -r $(REQUIREMENTS)
 	touch $(STAMP)
 
+# .venv-tpu: .venv's packages (a .pth) plus libtpu at requirements-tpu.txt's pin, so tests compile for a TPU
+# topology on this CPU machine (tests/test_tpu_compile.py) while .venv itself stays CPU-only.
+TPU_COMPILE_STAMP := .venv-tpu/.libtpu-installed
+$(TPU_COMPILE_STAMP): $(STAMP) requirements-tpu.txt
+	test -x .venv-tpu/bin/python || $(PY) -m venv .venv-tpu
+	$(PY) -c 'import site; print(site.getsitepackages()[0])' > \
+	  "$$(.venv-tpu/bin/python -c 'import site; print(site.getsitepackages()[0])')/ringlm-venv.pth"
+	.venv-tpu/bin/python -m pip install -q --no-deps $$(grep '^libtpu==' requirements-tpu.txt)
+	touch $(TPU_COMPILE_STAMP)
+
 train: setup
 	$(PY) main.py --config=configs/tiny.py --workdir=runs/tiny
 
-test: setup
+test: setup $(TPU_COMPILE_STAMP)
 	$(PY) -m pytest -q tests --ignore=tests/interop
 
 INTEROP_PY := .venv-interop/bin/python

@@ -80,12 +80,13 @@ def typed_mesh(mesh_config):
   return MeshConfig(**mesh_config.to_dict())
 
 
-def run_main(*flags: str, check: bool = True, devices: int = 1,
-             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-  """Run main.py as a user would, in a fresh process with `devices` fake CPU devices (and `env` on top)."""
+def run_main(*flags: str, check: bool = True, devices: int = 1, env: dict[str, str] | None = None,
+             python: str = sys.executable) -> subprocess.CompletedProcess:
+  """Run main.py as a user would, in a fresh process of `python` with `devices` fake CPU devices (and `env` on
+  top)."""
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', JAX_PLATFORMS='cpu',
              **(env or {}))
-  proc = subprocess.run([sys.executable, 'main.py', *flags], cwd=ROOT, env=env, capture_output=True, text=True,
+  proc = subprocess.run([python, 'main.py', *flags], cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=600)
   if check and proc.returncode != 0:
     raise AssertionError(f'main.py failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-3000:]}')

@@ -1,23 +1,37 @@
 """--mode=estimate --config.estimate.topology: the train step compiled ahead of time for a TPU slice this machine
 does not have (libtpu's compiler), with the jax and the pallas attention kernels; without libtpu, one line saying how
-to install it. The compile tests need libtpu (`make setup ACCEL=tpu`) and are skipped only where it is absent."""
+to install it. The compiles run in .venv-tpu (`make test` builds it: .venv plus libtpu), or in this interpreter
+where it has libtpu (`make setup ACCEL=tpu`); they are skipped only where neither has it."""
 
 import importlib.util
 import json
+import subprocess
+import sys
 
 import pytest
 
-from tests.conftest import run_main
+from tests.conftest import ROOT, run_main
 
-HAS_LIBTPU = importlib.util.find_spec('libtpu') is not None
+
+def _with_libtpu() -> str | None:
+  """An interpreter with libtpu: this one, or .venv-tpu's."""
+  if importlib.util.find_spec('libtpu') is not None:
+    return sys.executable
+  overlay = ROOT / '.venv-tpu' / 'bin' / 'python'
+  if overlay.exists() and subprocess.run([overlay, '-c', 'import libtpu'], capture_output=True).returncode == 0:
+    return str(overlay)
+  return None
+
+
+TPU_PYTHON = _with_libtpu()
 FLAGS = ('--config=configs/tiny.py', '--mode=estimate', '--config.estimate.topology=v5e:2x2',
          '--config.model.attention=blockwise')
 
 
-@pytest.mark.skipif(not HAS_LIBTPU, reason='libtpu is not installed (make setup ACCEL=tpu)')
+@pytest.mark.skipif(TPU_PYTHON is None, reason='libtpu is not installed (make test builds .venv-tpu with it)')
 @pytest.mark.parametrize('kernel', ['jax', 'pallas'])
 def test_train_step_compiles_for_a_tpu_topology(tmp_path, kernel):
-  proc = run_main(*FLAGS, f'--workdir={tmp_path}', f'--config.model.attention_kernel={kernel}')
+  proc = run_main(*FLAGS, f'--workdir={tmp_path}', f'--config.model.attention_kernel={kernel}', python=TPU_PYTHON)
   assert f'blockwise attention, {kernel} kernel' in proc.stdout
   result = json.loads((tmp_path / 'estimate.json').read_text())
   assert result['device_kind'].startswith('TPU v5') and result['devices'] == 4
@@ -26,7 +40,7 @@ def test_train_step_compiles_for_a_tpu_topology(tmp_path, kernel):
   assert result['pallas_kernel_calls'] == (12 if kernel == 'pallas' else 0)
 
 
-@pytest.mark.skipif(HAS_LIBTPU, reason='libtpu is installed')
+@pytest.mark.skipif(importlib.util.find_spec('libtpu') is not None, reason='this interpreter has libtpu')
 def test_without_libtpu_a_topology_is_one_line_naming_the_install(tmp_path):
   proc = run_main(*FLAGS, f'--workdir={tmp_path}', check=False)
   assert proc.returncode == 2
