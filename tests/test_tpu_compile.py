@@ -47,3 +47,15 @@ def test_without_libtpu_a_topology_is_one_line_naming_the_install(tmp_path):
   lines = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
   assert lines == ["error: estimate.topology='v5e:2x2': compiling for a TPU needs libtpu: run `make setup "
                    "ACCEL=tpu` (or pip install -r requirements-tpu.txt)"]
+
+
+@pytest.mark.skipif(TPU_PYTHON is None, reason='libtpu is not installed (make test builds .venv-tpu with it)')
+def test_a_step_that_overflows_the_chips_is_one_line_saying_by_how_much(tmp_path):
+  """What a TPU user most needs before launch: 512 rows of 2048 tokens under vanilla attention ([S, S] logits) do
+  not fit 4 v5e chips' 16 GB, and the estimate says so in one line with the compiler's numbers and the remedies."""
+  proc = run_main(*FLAGS[:-1], '--config.data.seq_len=2048', '--config.train.batch_size=512', f'--workdir={tmp_path}',
+                  check=False, python=TPU_PYTHON)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+  assert len(lines) == 1 and 'does not fit' in lines[0] and 'exceeds available HBM' in lines[0], proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr

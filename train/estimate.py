@@ -70,6 +70,19 @@ def _tpu_cost(compiled, run: Run, mesh) -> dict:
   return result
 
 
+def _compile(lowered, topology: str):
+  """The compiled step; on a TPU topology whose memory it overflows, one line saying by how much and what helps."""
+  try:
+    return lowered.compile()
+  except jax.errors.JaxRuntimeError as e:
+    message = str(e).splitlines()[0] if str(e) else ''
+    if not topology or not message.startswith('RESOURCE_EXHAUSTED'):
+      raise
+    raise ConfigError('estimate.topology', topology, f'the train step does not fit: '
+                      f'{message.removeprefix("RESOURCE_EXHAUSTED: ")}; use more chips, a smaller '
+                      'train.batch_size, train.grad_accum_steps > 1 or model.remat=True') from None
+
+
 def estimate(run: Run) -> dict[str, float]:
   """Compiles the run's train step for its mesh and writes WORKDIR/estimate.json.
 
@@ -90,7 +103,7 @@ def estimate(run: Run) -> dict[str, float]:
     shape = (config.train.batch_size, config.data.seq_len)
     batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=rules.batch_sharding(mesh))
              for k in ('tokens', 'segment_ids', 'positions')}
-    compiled = step.lower(setup.abstract, batch).compile()
+    compiled = _compile(step.lower(setup.abstract, batch), config.estimate.topology)
     memory = compiled.memory_analysis()
   counts = flops_lib.count_params(config.model)
   result = {
