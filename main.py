@@ -90,7 +90,7 @@ def _run(config: Config, workdir: str, mode: str) -> None:
   runtime = Runtime(config, devices)
   if runtime.is_main:
     _write_config(config, workdir)
-    kernel, why = attention_kernel(config, platform)
+    kernel, why = attention_kernel(config, platform, len(devices) if devices else jax.device_count())
     print(f'{config.model.attention} attention, {kernel} kernel: {why}', flush=True)
   JOBS[mode](runtime, config, workdir)
 

@@ -63,13 +63,15 @@ def _check_sentinels(config: Config) -> None:
 NO_ENCODER_INPUT = {'causal': 'has no input part to encode', 'masked_lm': 'predicts its inputs in place'}
 
 
-def attention_kernel(config: Config, platform: str) -> tuple[str, str]:
+def attention_kernel(config: Config, platform: str, num_devices: int) -> tuple[str, str]:
   """('pallas' or 'jax', why) for the objective's masks on `platform`: what every trace of the model will pick
   (dispatch.choose); model.attention_kernel=pallas where no fused kernel serves them is a ConfigError."""
   m = config.model
+  sizes = mesh_shape(config.mesh, num_devices)
+  ring_size = math.prod(sizes[a] for a in rules.mesh_axes('length', config.mesh.logical_rules))
   try:
     return dispatch.choose(m.attention_kernel, m.attention, objectives.MASK_KINDS[config.objective], platform,
-                           config.data.seq_len, m.q_block, m.kv_block)
+                           config.data.seq_len, m.q_block, m.kv_block, ring_size)
   except ValueError as e:
     raise ConfigError('model.attention_kernel', m.attention_kernel, f'{e}; or use auto or jax') from None
 
@@ -145,4 +147,4 @@ def validate(config: Config, num_devices: int, platform: str | None = None) -> N
   if m.ffn == 'blockwise' and m.ffn_block < local and local % m.ffn_block:
     raise ConfigError('model.ffn_block', m.ffn_block,
                       f'must divide the per-device sequence length {local} (data.seq_len split over the mesh)')
-  attention_kernel(config, platform or dispatch.target_platform())
+  attention_kernel(config, platform or dispatch.target_platform(), num_devices)

@@ -87,7 +87,7 @@ def test_config_error_names_the_key_before_anything_compiles():
   for objective in ('causal', 'prefix_lm', 'masked_lm'):  # every objective's masks are served on TPU and GPU
     for platform in ('tpu', 'gpu'):
       validate(typed(kernel_config('pallas', objective=objective, **vocab)), 1, platform=platform)
-  assert attention_kernel(typed(kernel_config('auto')), 'cpu')[0] == 'jax'
+  assert attention_kernel(typed(kernel_config('auto')), 'cpu', 1)[0] == 'jax'
 
 
 def test_the_platform_is_the_compile_target():

@@ -1,4 +1,7 @@
-"""Ring attention on 8 fake CPU devices against the single-device reference, natural and zig-zag layouts."""
+"""Ring attention on 8 fake CPU devices against the single-device reference, natural and zig-zag layouts; its
+splash hops (Pallas' interpreter) on 4."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -8,9 +11,10 @@ from jax import lax
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
-from models.attention import AttentionMask, attend, blockwise, ring
+from models.attention import AttentionMask, attend, blockwise, dispatch, ring
 from models.attention.ring import zigzag_inverse_permutation, zigzag_permutation
 from tests.test_attention import _outputs_and_grads, _visited, dense_mask, make_mask, random_qkv, reference
+from tests.test_pallas_attention import _expected, _masked_lm, _pipeline_padding, _without_bidirectional
 
 AXES = ('data', 'fsdp', 'tensor', 'sequence')
 S, H, K, E, BLOCK = 128, 4, 2, 8, 8
@@ -67,7 +71,7 @@ def _ring_visited(mask: AttentionMask, n: int, block: int) -> int:
 
   def local(q, k, v, mask):
     internal = blockwise.to_internal(q, k, v)
-    return lax.psum(ring._forward(*internal, mask, mask, ring.Ring('sequence', n), block, block)[2], 'sequence')
+    return lax.psum(ring._forward(*internal, mask, mask, ring.Ring('sequence', n), ring.JaxHops(block, block))[2], 'sequence')
 
   specs = (P(None, 'sequence'),) * 4
   return int(jax.jit(jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P(), check_vma=False))(q, k, v, mask))
@@ -122,3 +126,49 @@ def test_bfloat16_outputs_and_gradients_every_path():
       assert got.dtype == jnp.bfloat16, f'{kind} {name}'
       error = np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max()
       assert error < 1e-2, f'{kind} {name}: max error {error:.3g} of the largest value'  # measured <= 4.3e-3
+
+
+SPLASH_CASES = {  # name -> mask of 2 rows x 1024 tokens, as the objectives make it (kind set)
+    'causal': lambda: dataclasses.replace(make_mask('causal', 2, 1024), kind='none'),
+    'packed_causal': lambda: dataclasses.replace(
+        _pipeline_padding(_without_bidirectional(make_mask('packed', 2, 1024, seed=11))), kind='none'),
+    'masked_lm': lambda: dataclasses.replace(_masked_lm(make_mask('packed', 2, 1024, seed=12)), kind='all'),
+}
+
+
+@pytest.mark.parametrize('case, layout, dtype', [('packed_causal', 'zigzag', jnp.float32),
+                                                 ('causal', 'natural', jnp.float32),
+                                                 ('masked_lm', 'zigzag', jnp.float32),
+                                                 ('packed_causal', 'zigzag', jnp.bfloat16)])
+def test_splash_hops_match_reference(case, layout, dtype):
+  """Ring attention with every hop through splash (Pallas' interpreter) on 4 devices, GQA: each device's two
+  128-token half-chunks meet every visiting half-chunk under a full, causal or no mask. Out, dq, dk, dv of real
+  tokens against the [S, S] reference; float32 to 1e-4, bfloat16 within 1e-2 of the largest value."""
+  mask = SPLASH_CASES[case]()
+  q, k, v, do = random_qkv(batch=2, seq_len=1024, heads=4, kv_heads=2, head_dim=16, dtype=dtype, seed=13)
+  expected, expected_grads = _expected(q, k, v, do, mask)
+  n = 4
+  if layout == 'zigzag':
+    perm, inverse = zigzag_permutation(1024, n), zigzag_inverse_permutation(1024, n)
+    q, k, v, do, mask = ring.to_zigzag((q, k, v, do, mask), n)
+    assert mask.layout == 'zigzag'
+  else:
+    perm = inverse = np.arange(1024)
+
+  def outputs_and_grads(q, k, v, do, mask):
+    attend_ring = lambda q, k, v: attend(q, k, v, mask, kind='ring', q_block=128, kv_block=128, kernel='pallas')
+    out, vjp = jax.vjp(attend_ring, q, k, v)
+    return out, vjp(do.astype(dtype))
+
+  mesh = jax.make_mesh((1, 1, 1, n), AXES, axis_types=(AxisType.Explicit,) * 4, devices=jax.devices()[:n])
+  with jax.set_mesh(mesh), dispatch.interpret_as('tpu'):
+    out, grads = jax.jit(outputs_and_grads)(q, k, v, do, mask)
+  restore = lambda x: np.asarray(x, np.float64)[:, inverse]
+  real = lambda x: x[np.asarray(mask.segment_ids)[:, inverse] > 0]
+  for name, got, want in zip(('out', 'dq', 'dk', 'dv'), (out, *grads), (expected, *expected_grads)):
+    assert got.dtype == dtype, name
+    got, want = real(restore(got)), real(np.asarray(want, np.float64))
+    if dtype == jnp.float32:
+      np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4, err_msg=f'{case} {layout} {name}')
+    else:
+      assert np.abs(got - want).max() < 1e-2 * np.abs(want).max(), f'{case} {layout} {name}'

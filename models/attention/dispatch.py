@@ -6,7 +6,8 @@ kv head h // (H // K). The mask is never materialised as [S, S] outside the vani
 
 Kernels. `jax` runs the path's own pure-JAX code. `pallas` runs blockwise attention through the platform's fused
 kernel instead (splash on TPU, the Triton flash kernel on GPU; models/attention/pallas.py), one kernel call per
-device shard (shard_map: the partitioner cannot split a custom call). `auto` takes the fused kernel wherever
+device shard (shard_map: the partitioner cannot split a custom call), and ring attention's hops through splash
+(ring.SplashHops; TPU only, causal and all-bidirectional masks). `auto` takes the fused kernel wherever
 `choose` finds it serves the path, the mask's static kind (AttentionMask.kind) and the shapes, and the pure-JAX
 path elsewhere. The platform is the one the program is compiled for (the active mesh's devices), so a TPU program
 compiled ahead of time on a CPU machine gets splash; `interpret_as` runs a platform's kernels in Pallas'
@@ -15,6 +16,7 @@ interpreter instead, so tests and `--interpret` benchmarks exercise them on CPU.
 
 import contextlib
 import contextvars
+import math
 from collections.abc import Callable, Iterator
 
 import jax
@@ -59,14 +61,24 @@ def target_platform() -> str:
   return _DEVICE_PLATFORMS.get(platform, platform)
 
 
-def unserved(path: str, mask_kind: str | None, platform: str, seq_len: int, q_block: int,
-             kv_block: int) -> str | None:
-  """None when the fused kernel can replace `path` for masks of `mask_kind`; else a one-line reason."""
+def unserved(path: str, mask_kind: str | None, platform: str, seq_len: int, q_block: int, kv_block: int,
+             ring_size: int = 1) -> str | None:
+  """None when the fused kernel can replace `path` for masks of `mask_kind`; else a one-line reason. A ring of
+  `ring_size` devices calls the kernel on half-chunks of seq_len / (2 ring_size) tokens."""
   if path == 'vanilla':
-    return ('model.attention=vanilla is the [S, S] reference; the fused kernels replace blockwise attention '
-            '(set model.attention=blockwise)')
+    return ('model.attention=vanilla is the [S, S] reference; the fused kernels replace blockwise and ring '
+            'attention (set model.attention=blockwise)')
   if path == 'ring':
-    return 'ring attention has no fused per-hop kernel yet; its hops run the pure-JAX blockwise step'
+    if platform != 'tpu':
+      return (f'ring attention\'s fused hops need a kernel that returns its log-sum-exp (splash, on TPU); platform '
+              f'{platform!r} runs the pure-JAX hops')
+    if mask_kind not in ('none', 'all'):
+      return (f'ring attention\'s fused hops serve causal and all-bidirectional masks (AttentionMask.kind none or '
+              f'all), not {mask_kind}: a prefix needs two kernel calls per pair; the pure-JAX hops serve it')
+    if seq_len % (2 * ring_size):
+      return f'the sequence length {seq_len} must split into 2 x {ring_size} ring half-chunks'
+    return pallas.unsupported_reason(platform, pallas.MaskKind(mask_kind), seq_len // (2 * ring_size), q_block,
+                                     kv_block)
   if mask_kind is None:
     return ('the mask promises no static bidirectional pattern (AttentionMask.kind none, prefix or all) that a '
             'fused kernel could serve')
@@ -74,14 +86,14 @@ def unserved(path: str, mask_kind: str | None, platform: str, seq_len: int, q_bl
 
 
 def choose(setting: str, path: str, mask_kind: str | None, platform: str, seq_len: int, q_block: int,
-           kv_block: int) -> tuple[str, str]:
+           kv_block: int, ring_size: int = 1) -> tuple[str, str]:
   """('pallas' or 'jax', why) for one attention call: auto takes Pallas where it can; pallas insists (ValueError
   with the one-line reason where it cannot)."""
   if setting not in KERNELS:
     raise ValueError(f'unknown attention kernel {setting!r}; use one of {", ".join(KERNELS)}')
   if setting == 'jax':
     return 'jax', 'model.attention_kernel=jax'
-  reason = unserved(path, mask_kind, platform, seq_len, q_block, kv_block)
+  reason = unserved(path, mask_kind, platform, seq_len, q_block, kv_block, ring_size)
   if reason is None:
     return 'pallas', f'the {platform} Pallas kernel serves {path} attention with {mask_kind} bidirectional keys'
   if setting == 'pallas':
@@ -103,14 +115,19 @@ def attend(q_BSHE: jax.Array, k_BTKE: jax.Array, v_BTKE: jax.Array, mask: Attent
   if kind not in PATHS:
     raise ValueError(f'unknown attention kind {kind!r}; use one of {tuple(PATHS)}')
   platform = target_platform()
-  if kv_mask is not None or choose(kernel, kind, mask.kind, platform, q_BSHE.shape[1], q_block, kv_block)[0] == 'jax':
+  mesh = jax.sharding.get_abstract_mesh()
+  ring_size = 1 if kind != 'ring' or mesh.empty else math.prod(mesh.shape[a] for a in rules.mesh_axes('length'))
+  chosen = choose(kernel, kind, mask.kind, platform, q_BSHE.shape[1], q_block, kv_block, ring_size)[0]
+  if kv_mask is not None or chosen == 'jax':
     return PATHS[kind](q_BSHE, k_BTKE, v_BTKE, mask, q_block, kv_block, kv_mask)
+  if kind == 'ring':
+    return ring_attention(q_BSHE, k_BTKE, v_BTKE, mask, q_block, kv_block, splash=True,
+                          interpret=_INTERPRETED.get() is not None)
 
   def fused(q_BSHE, k_BSKE, v_BSKE, mask):
     return pallas.pallas_attention(q_BSHE, k_BSKE, v_BSKE, mask, kind=pallas.MaskKind(mask.kind), platform=platform,
                                    interpret=_INTERPRETED.get() is not None, q_block=q_block, kv_block=kv_block)
 
-  mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or 'sequence' not in mesh.axis_names:  # not a ringlm mesh: the arrays are whole
     return fused(q_BSHE, k_BTKE, v_BTKE, mask)
   return rules.shard_map_by_names(fused, (q_BSHE, k_BTKE, v_BTKE, mask), QKV_MASK_AXES, Q_AXES)

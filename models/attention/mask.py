@@ -17,12 +17,14 @@ class AttentionMask:
   `kind` is static (part of the jit cache key, not data): the pattern the maker guarantees for `bidirectional`,
   'none' (causal), 'prefix' (a leading span of each document) or 'all' (every real token), which lets a fused
   kernel with static masks serve it (models/attention/pallas.py); None promises nothing, so only the pure-JAX
-  paths take it.
+  paths take it. `layout` (static) is the token order, 'natural' or 'zigzag' (ring.to_zigzag sets it): the pure-JAX
+  paths never need it, the fused ring hops do (they mask by token index within chunks).
   """
   segment_ids: jax.Array  # [B, S] int32; 0 = padding (pads only see pads)
   positions: jax.Array  # [B, S] int32; position within the document, from 0
   bidirectional: jax.Array  # [B, S] bool; key visible to every query of its segment
   kind: str | None = dataclasses.field(default=None, metadata={'static': True})  # none | prefix | all | None
+  layout: str = dataclasses.field(default='natural', metadata={'static': True})  # natural | zigzag
 
   @classmethod
   def causal(cls, batch: int, seq_len: int) -> 'AttentionMask':
