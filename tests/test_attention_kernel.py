@@ -36,15 +36,15 @@ def kernel_config(kernel: str, **overrides):
   return c
 
 
-def packed_batch(seed: int = 0) -> dict[str, np.ndarray]:
+def packed_batch(seed: int = 0, seq_len: int = S) -> dict[str, np.ndarray]:
   """Per row three documents of random lengths, then 5 pads; positions restart per document, pads at 0."""
   rng = np.random.default_rng(seed)
-  seg, pos = np.zeros((B, S), np.int32), np.zeros((B, S), np.int32)
+  seg, pos = np.zeros((B, seq_len), np.int32), np.zeros((B, seq_len), np.int32)
   for b in range(B):
-    ends = np.concatenate([np.sort(rng.choice(np.arange(8, S - 13), 2, replace=False)), [S - 5]])
+    ends = np.concatenate([np.sort(rng.choice(np.arange(8, seq_len - 13), 2, replace=False)), [seq_len - 5]])
     for doc, (start, end) in enumerate(zip(np.concatenate([[0], ends[:-1]]), ends)):
       seg[b, start:end], pos[b, start:end] = doc + 1, np.arange(end - start)
-  tokens = np.where(seg > 0, rng.integers(8, V, (B, S)), 0).astype(np.int32)
+  tokens = np.where(seg > 0, rng.integers(8, V, (B, seq_len)), 0).astype(np.int32)
   return {'tokens': tokens, 'segment_ids': seg, 'positions': pos}
 
 
@@ -56,7 +56,10 @@ def packed_batch(seed: int = 0) -> dict[str, np.ndarray]:
     ('auto', 'blockwise', None, 'tpu', 'jax'),  # a mask whose maker promised no pattern
     ('auto', 'blockwise', 'none', 'cpu', 'jax'),
     ('auto', 'vanilla', 'none', 'tpu', 'jax'),
-    ('auto', 'ring', 'none', 'tpu', 'jax'),
+    ('auto', 'ring', 'none', 'tpu', 'pallas'),
+    ('auto', 'ring', 'all', 'tpu', 'pallas'),
+    ('auto', 'ring', 'prefix', 'tpu', 'jax'),
+    ('auto', 'ring', 'none', 'gpu', 'jax'),
     ('jax', 'blockwise', 'none', 'tpu', 'jax'),
 ])
 def test_dispatcher_choices(setting, path, mask_kind, platform, expected):
@@ -69,7 +72,8 @@ def test_dispatcher_choices(setting, path, mask_kind, platform, expected):
     ('blockwise', 'none', 'tpu', 64, 'multiples of 128'),
     ('blockwise', None, 'gpu', 128, 'no static bidirectional pattern'),
     ('vanilla', 'all', 'tpu', 128, 'model.attention=vanilla'),
-    ('ring', 'none', 'gpu', 128, 'ring attention has no fused per-hop kernel'),
+    ('ring', 'none', 'gpu', 128, 'returns its log-sum-exp'),
+    ('ring', 'prefix', 'tpu', 128, 'a prefix needs two kernel calls'),
 ])
 def test_pallas_where_no_kernel_serves_is_one_line(path, mask_kind, platform, block, fragment):
   with pytest.raises(ValueError, match=fragment) as err:
@@ -99,7 +103,7 @@ def test_the_platform_is_the_compile_target():
 
 
 def _one_step(config, batch, objective: str):
-  """(metrics, param update) of one train step on a data=2 x tensor=2 mesh, from the seed's init."""
+  """(metrics, param update) of one train step on the config's 4-device mesh, from the seed's init."""
   config = typed(config)
   mesh = build_mesh(config.mesh, jax.devices()[:4])
   setup = state_lib.build(config, mesh)
@@ -111,12 +115,17 @@ def _one_step(config, batch, objective: str):
   return jax.device_get((metrics, jax.tree.map(jnp.subtract, state['params'], start)))
 
 
-@pytest.mark.parametrize('platform, objective', [('tpu', 'prefix_lm'), ('gpu', 'masked_lm')])
-def test_fused_kernels_train_the_model_as_the_jax_kernels_do(platform, objective):
+RING = {'model.attention': 'ring', 'mesh.data': 1, 'mesh.tensor': 1, 'mesh.sequence': 4, 'data.seq_len': 1024}
+
+
+@pytest.mark.parametrize('platform, objective, path', [('tpu', 'prefix_lm', {}), ('gpu', 'masked_lm', {}),
+                                                       ('tpu', 'causal', RING)])
+def test_fused_kernels_train_the_model_as_the_jax_kernels_do(platform, objective, path):
   """Loss, gradient norm and every parameter's update of a train step on a data x tensor mesh (the kernel runs per
-  device shard): the platform's Pallas kernel in the interpreter against blockwise attention in JAX."""
-  mesh = {'mesh.data': 2, 'mesh.tensor': 2, 'objective': objective}
-  batch = packed_batch(seed=1)
+  device shard), and of ring attention over 4 devices in the trainer's zig-zag layout (splash hops): the platform's
+  Pallas kernel in the interpreter against the same path's pure-JAX kernel."""
+  mesh = {'mesh.data': 2, 'mesh.tensor': 2, 'objective': objective, **path}
+  batch = packed_batch(seed=1, seq_len=path.get('data.seq_len', S))
   expected_metrics, expected_update = _one_step(kernel_config('jax', **mesh), batch, objective)
   with dispatch.interpret_as(platform):
     metrics, update = _one_step(kernel_config('pallas', **mesh), batch, objective)
