@@ -40,6 +40,20 @@ def test_train_step_compiles_for_a_tpu_topology(tmp_path, kernel):
   assert result['pallas_kernel_calls'] == (12 if kernel == 'pallas' else 0)
 
 
+@pytest.mark.skipif(TPU_PYTHON is None, reason='libtpu is not installed (make test builds .venv-tpu with it)')
+def test_ring_with_splash_hops_compiles_for_a_tpu_topology(tmp_path):
+  """The fused ring hops lower through Mosaic (the interpreter does not check that): one layer, 1024 tokens over a
+  4-chip sequence axis, so each half-chunk is one 128-lane block."""
+  proc = run_main(*FLAGS[:-1], '--config.model.attention=ring', '--config.mesh.data=1', '--config.mesh.sequence=4',
+                  '--config.data.seq_len=1024', '--config.model.num_layers=1', '--config.train.batch_size=4',
+                  '--config.model.attention_kernel=pallas', f'--workdir={tmp_path}', python=TPU_PYTHON)
+  assert 'ring attention, pallas kernel' in proc.stdout
+  result = json.loads((tmp_path / 'estimate.json').read_text())
+  # per q half-chunk, the causal and the full kernel of the switch; forward, dq and dkv; in the ring's two hop
+  # loops (the last hop sends nothing): 2 x 2 x 3 x 2
+  assert result['pallas_kernel_calls'] == 24
+
+
 @pytest.mark.skipif(importlib.util.find_spec('libtpu') is not None, reason='this interpreter has libtpu')
 def test_without_libtpu_a_topology_is_one_line_naming_the_install(tmp_path):
   proc = run_main(*FLAGS, f'--workdir={tmp_path}', check=False)
