@@ -28,7 +28,7 @@ import jax.numpy as jnp  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from models.attention import AttentionMask, attend, dispatch  # noqa: E402
+from models.attention import AttentionMask, attend, dispatch, ring  # noqa: E402
 
 AXES = ('data', 'fsdp', 'tensor', 'sequence')
 
@@ -36,7 +36,7 @@ AXES = ('data', 'fsdp', 'tensor', 'sequence')
 def make_mask(kind: str, batch: int, seq_len: int) -> AttentionMask:
   mask = AttentionMask.causal(batch, seq_len)
   if kind == 'bidirectional':
-    mask = AttentionMask(mask.segment_ids, mask.positions, jnp.ones((batch, seq_len), bool))
+    mask = AttentionMask(mask.segment_ids, mask.positions, jnp.ones((batch, seq_len), bool), kind='all')
   return mask
 
 
@@ -55,10 +55,10 @@ def build(args: argparse.Namespace, path: str, seq_len: int, devices: int = 1):
 
   mesh = None
   inputs = (q, k, v, do, mask)
-  if path == 'ring':
+  if path == 'ring':  # in the trainer's zig-zag layout, which balances the causal work
     mesh = jax.make_mesh((1, 1, 1, devices), AXES, devices=jax.devices()[:devices])
     sharded = NamedSharding(mesh, P(None, 'sequence'))
-    inputs = jax.device_put(inputs, sharded)
+    inputs = jax.device_put(ring.to_zigzag(inputs, devices), sharded)
   interpret = dispatch.interpret_as(args.interpret) if args.interpret else contextlib.nullcontext()
   with interpret, jax.set_mesh(mesh) if mesh else contextlib.nullcontext():
     compiled = jax.jit(step).lower(*inputs).compile()

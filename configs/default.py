@@ -51,7 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.head_dim = 0  # E: per-head width; 0 means d_model // num_heads
   m.d_ff = 512  # F: SwiGLU hidden width
   m.attention = 'vanilla'  # vanilla | blockwise | ring
-  m.attention_kernel = 'auto'  # auto | jax | pallas: blockwise attention fused (splash on TPU, Triton on GPU)
+  m.attention_kernel = 'auto'  # auto / jax / pallas: fused blockwise (splash on TPU, Triton on GPU), ring hops (splash)
   m.ffn = 'standard'  # standard | blockwise (BPT: the MLP applied per sequence chunk)
   m.q_block = 128  # query block length for blockwise and ring attention
   m.kv_block = 128  # key/value block length for blockwise and ring attention

@@ -13,8 +13,8 @@ import pytest
 from tests.conftest import ROOT
 
 
-def run_benchmark(script: str, *flags: str) -> list[dict]:
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+def run_benchmark(script: str, *flags: str, devices: int = 1) -> list[dict]:
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
   out = subprocess.run([sys.executable, f'benchmarks/{script}', *flags], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
@@ -27,6 +27,13 @@ def test_attention_benchmark_runs_each_fused_kernel(kernel, interpret):
                        '--heads=2', '--kv_heads=1', '--q_block=128', '--kv_block=128',
                        *([f'--interpret={interpret}'] if interpret else []))
   assert len(rows) == 1 and rows[0]['kernel'] == kernel and rows[0]['interpret'] == interpret
+  assert rows[0]['median_s'] > 0 and rows[0]['temp_bytes_per_device'] > 0
+
+
+def test_attention_benchmark_runs_the_ring_with_splash_hops():
+  rows = run_benchmark('attention.py', '--paths=ring', '--kernel=pallas', '--interpret=tpu', '--seq_lens=512',
+                       '--runs=1', '--heads=2', '--kv_heads=1', '--q_block=128', '--kv_block=128', devices=2)
+  assert len(rows) == 1 and rows[0]['path'] == 'ring' and rows[0]['devices'] == 2 and rows[0]['kernel'] == 'pallas'
   assert rows[0]['median_s'] > 0 and rows[0]['temp_bytes_per_device'] > 0
 
 

@@ -71,7 +71,8 @@ def _ring_visited(mask: AttentionMask, n: int, block: int) -> int:
 
   def local(q, k, v, mask):
     internal = blockwise.to_internal(q, k, v)
-    return lax.psum(ring._forward(*internal, mask, mask, ring.Ring('sequence', n), ring.JaxHops(block, block))[2], 'sequence')
+    hops = ring.JaxHops(block, block)
+    return lax.psum(ring._forward(*internal, mask, mask, ring.Ring('sequence', n), hops)[2], 'sequence')
 
   specs = (P(None, 'sequence'),) * 4
   return int(jax.jit(jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P(), check_vma=False))(q, k, v, mask))
