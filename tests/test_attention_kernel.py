@@ -72,7 +72,7 @@ def test_dispatcher_choices(setting, path, mask_kind, platform, expected):
     ('blockwise', 'none', 'tpu', 64, 'multiples of 128'),
     ('blockwise', None, 'gpu', 128, 'no static bidirectional pattern'),
     ('vanilla', 'all', 'tpu', 128, 'model.attention=vanilla'),
-    ('ring', 'none', 'gpu', 128, 'returns its log-sum-exp'),
+    ('ring', 'none', 'gpu', 128, 'segment ids from one array'),
     ('ring', 'prefix', 'tpu', 128, 'a prefix needs two kernel calls'),
 ])
 def test_pallas_where_no_kernel_serves_is_one_line(path, mask_kind, platform, block, fragment):

@@ -70,8 +70,9 @@ def unserved(path: str, mask_kind: str | None, platform: str, seq_len: int, q_bl
             'attention (set model.attention=blockwise)')
   if path == 'ring':
     if platform != 'tpu':
-      return (f'ring attention\'s fused hops need a kernel that returns its log-sum-exp (splash, on TPU); platform '
-              f'{platform!r} runs the pure-JAX hops')
+      return (f'ring attention\'s fused hops run splash (TPU); on {platform!r} the pure-JAX hops serve it (the GPU '
+              f'Triton kernel reads query and key segment ids from one array, so a hop between two chunks could not '
+              f'separate their documents)')
     if mask_kind not in ('none', 'all'):
       return (f'ring attention\'s fused hops serve causal and all-bidirectional masks (AttentionMask.kind none or '
               f'all), not {mask_kind}: a prefix needs two kernel calls per pair; the pure-JAX hops serve it')
