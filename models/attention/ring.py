@@ -167,11 +167,18 @@ class SplashHops(NamedTuple):
     kv_chunk = self._chunk(src, j)
     return [jnp.sign(self._chunk(me, h) - kv_chunk) + 1 for h in (0, 1)]
 
-  def _pair(self, relation, compute: Callable, unseen: Callable):
-    """compute(causal_offset) under the relation's static mask; unseen() where the keys all follow the queries."""
-    if isinstance(relation, int):
-      return compute(0 if relation == CAUSAL else None)
-    return lax.switch(relation, [unseen, lambda: compute(0), lambda: compute(None)])
+  def _pairs(self, me: jax.Array, src: jax.Array, j: jax.Array, halves: list, compute: Callable,
+             unseen: Callable) -> list:
+    """Per q half: compute(half, causal_offset) under the static mask its relation to kv half-chunk j of device
+    src's chunk calls for, or unseen(half) where every key follows every query."""
+    results = []
+    for half, relation in zip(halves, self._relations(me, src, j)):
+      if isinstance(relation, int):
+        results.append(compute(half, 0 if relation == CAUSAL else None))
+      else:
+        results.append(lax.switch(relation, [lambda half=half: unseen(half), lambda half=half: compute(half, 0),
+                                             lambda half=half: compute(half, None)]))
+    return results
 
   def _halves(self, x, axis: int) -> list:
     return [lax.slice_in_dim(x, h * self.half, (h + 1) * self.half, axis=axis) for h in (0, 1)]
@@ -184,23 +191,22 @@ class SplashHops(NamedTuple):
     def fold(state, k_BKJE, v_BKJE, block_mask, me, src, j):
       out_BKGSE, lse_BKGS, visited = state
       k_BJKE, v_BJKE = k_BKJE.transpose(0, 2, 1, 3), v_BKJE.transpose(0, 2, 1, 3)
-      merged = []
-      for h, relation in enumerate(self._relations(me, src, j)):
-        q_BKGCE, q_segment_ids_BC = q_halves[h]
 
-        def compute(offset, q_BKGCE=q_BKGCE, q_segment_ids_BC=q_segment_ids_BC):
-          out_BCHE, lse_BCH = pallas.splash_forward_with_lse(
-              bw.from_internal(q_BKGCE), k_BJKE, v_BJKE, q_segment_ids_BC, block_mask.segment_ids,
-              causal_offset=offset, **options)
-          return _grouped(out_BCHE.astype(jnp.float32), K), _grouped(lse_BCH, K)
+      def compute(half, offset):
+        q_BKGCE, q_segment_ids_BC = half
+        out_BCHE, lse_BCH = pallas.splash_forward_with_lse(
+            bw.from_internal(q_BKGCE), k_BJKE, v_BJKE, q_segment_ids_BC, block_mask.segment_ids,
+            causal_offset=offset, **options)
+        return _grouped(out_BCHE.astype(jnp.float32), K), _grouped(lse_BCH, K)
 
-        unseen = lambda q_BKGCE=q_BKGCE: (jnp.zeros(q_BKGCE.shape, jnp.float32),
-                                          jnp.full(q_BKGCE.shape[:-1], -jnp.inf))
-        out_h, lse_h = self._pair(relation, compute, unseen)
-        merged.append(pallas.merge(self._halves(out_BKGSE, 3)[h], self._halves(lse_BKGS, 3)[h], out_h, lse_h))
-        visited = visited + (relation != UNSEEN)
-      return (jnp.concatenate([m[0] for m in merged], axis=3), jnp.concatenate([m[1] for m in merged], axis=3),
-              visited)
+      def unseen(half):
+        return jnp.zeros(half[0].shape, jnp.float32), jnp.full(half[0].shape[:-1], -jnp.inf)
+
+      pairs = self._pairs(me, src, j, q_halves, compute, unseen)
+      merged = [pallas.merge(out_h, lse_h, *pair) for out_h, lse_h, pair in
+                zip(self._halves(out_BKGSE, 3), self._halves(lse_BKGS, 3), pairs)]
+      visited = visited + sum(relation != UNSEEN for relation in self._relations(me, src, j))
+      return tuple(jnp.concatenate(parts, axis=3) for parts in zip(*merged)) + (visited,)
 
     start = (jnp.zeros(q_BKGSE.shape, jnp.float32), jnp.full(q_BKGSE.shape[:-1], -jnp.inf), jnp.int32(0))
     return fold_blocks(start, fold)
@@ -214,25 +220,23 @@ class SplashHops(NamedTuple):
     def block_grads(grads, k_BKJE, v_BKJE, block_mask, me, src, j):
       dq_BKGSE, dk_BKJE, dv_BKJE = grads
       k_BJKE, v_BJKE = k_BKJE.transpose(0, 2, 1, 3), v_BKJE.transpose(0, 2, 1, 3)
-      dq_halves = []
-      for h, relation in enumerate(self._relations(me, src, j)):
-        q_BKGCE, do_BKGCE, out_BKGCE, lse_BKGC, q_segment_ids_BC = halves[h]
 
-        def compute(offset, q_BKGCE=q_BKGCE, do_BKGCE=do_BKGCE, out_BKGCE=out_BKGCE, lse_BKGC=lse_BKGC,
-                    q_segment_ids_BC=q_segment_ids_BC):
-          dq_BCHE, dk_BJKE, dv_BJKE = pallas.splash_backward_with_lse(
-              bw.from_internal(q_BKGCE), k_BJKE, v_BJKE, q_segment_ids_BC, block_mask.segment_ids,
-              bw.from_internal(out_BKGCE), _ungrouped(lse_BKGC), bw.from_internal(do_BKGCE), causal_offset=offset,
-              **options)
-          return (_grouped(dq_BCHE.astype(jnp.float32), K), dk_BJKE.transpose(0, 2, 1, 3).astype(jnp.float32),
-                  dv_BJKE.transpose(0, 2, 1, 3).astype(jnp.float32))
+      def compute(half, offset):
+        q_BKGCE, do_BKGCE, out_BKGCE, lse_BKGC, q_segment_ids_BC = half
+        dq_BCHE, dk_BJKE, dv_BJKE = pallas.splash_backward_with_lse(
+            bw.from_internal(q_BKGCE), k_BJKE, v_BJKE, q_segment_ids_BC, block_mask.segment_ids,
+            bw.from_internal(out_BKGCE), _ungrouped(lse_BKGC), bw.from_internal(do_BKGCE), causal_offset=offset,
+            **options)
+        return (_grouped(dq_BCHE.astype(jnp.float32), K), dk_BJKE.transpose(0, 2, 1, 3).astype(jnp.float32),
+                dv_BJKE.transpose(0, 2, 1, 3).astype(jnp.float32))
 
-        unseen = lambda q_BKGCE=q_BKGCE: (jnp.zeros(q_BKGCE.shape, jnp.float32), jnp.zeros(dk_BKJE.shape, jnp.float32),
-                                          jnp.zeros(dv_BKJE.shape, jnp.float32))
-        dq_h, dk_h, dv_h = self._pair(relation, compute, unseen)
-        dq_halves.append(self._halves(dq_BKGSE, 3)[h] + dq_h)
-        dk_BKJE, dv_BKJE = dk_BKJE + dk_h, dv_BKJE + dv_h
-      return jnp.concatenate(dq_halves, axis=3), dk_BKJE, dv_BKJE
+      def unseen(half):
+        return (jnp.zeros(half[0].shape, jnp.float32), jnp.zeros(dk_BKJE.shape, jnp.float32),
+                jnp.zeros(dv_BKJE.shape, jnp.float32))
+
+      pairs = self._pairs(me, src, j, halves, compute, unseen)
+      dq_BKGSE = jnp.concatenate([dq_h + pair[0] for dq_h, pair in zip(self._halves(dq_BKGSE, 3), pairs)], axis=3)
+      return dq_BKGSE, dk_BKJE + sum(pair[1] for pair in pairs), dv_BKJE + sum(pair[2] for pair in pairs)
 
     return block_grads
 
