@@ -14,8 +14,9 @@ merge needs, and runs splash's backward against the merged out and lse. The mess
 Which mesh axes carry the sequence, the batch and the heads comes from the active logical-axis rules
 (`length`, `batch`, `heads`, `kv_heads`), the same rules that lay out every other activation.
 
-Layout: the mask uses positions, so the math is the same for any order of tokens. For causal load balance the
-caller puts the sequence in zig-zag order (`to_zigzag`: device i holds chunks i and 2n - 1 - i of 2n).
+Layout: the mask uses positions, so the pure-JAX math is the same for any order of tokens. For causal load balance
+the caller puts the sequence in zig-zag order (`to_zigzag`: device i holds chunks i and 2n - 1 - i of 2n, and the
+mask's static `layout` says so, which SplashHops needs: it masks by token index within chunks).
 """
 
 import dataclasses
@@ -106,6 +107,9 @@ def _put_block(chunk: tuple, arrived: tuple, j: jax.Array, block: int) -> tuple:
   return jax.tree.map(put, chunk, arrived)
 
 
+# A hop kernel has forward(q, q_mask, fold_blocks) -> (out, lse, visited pairs), where fold_blocks(start, fold) runs
+# fold(state, k, v, block_mask, me, src, j) over every visiting block in ring order, and backward(q, q_mask, do, out,
+# lse) -> the step that adds one visiting block's share to (dq, dk_block, dv_block).
 class JaxHops(NamedTuple):
   """The pure-JAX hop step: a kv block folded into the online softmax q block by q block, hidden pairs skipped."""
   q_block: int
