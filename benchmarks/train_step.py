@@ -90,7 +90,7 @@ def measure(args: argparse.Namespace) -> dict:
   spec = ObjectiveSpec(vocab_size=args.vocab_size, pad_id=0, mask_id=3, num_special=8)
   interpret = dispatch.interpret_as(args.interpret) if args.interpret else contextlib.nullcontext()
   with interpret, jax.set_mesh(mesh):
-    kernel, why = attention_kernel(config, dispatch.target_platform())
+    kernel, why = attention_kernel(config, dispatch.target_platform(), mesh.size)
     step = step_lib.make_train_step(setup, mesh, 'causal', spec, np.ones(args.vocab_size, np.int32),
                                     optimizer_lib.learning_rate_schedule(config.train))
     batch = packed_rows(args.batch, args.seq_len, args.vocab_size)
