@@ -172,4 +172,4 @@ def test_splash_hops_match_reference(case, layout, dtype):
     if dtype == jnp.float32:
       np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4, err_msg=f'{case} {layout} {name}')
     else:
-      assert np.abs(got - want).max() < 1e-2 * np.abs(want).max(), f'{case} {layout} {name}'
+      assert np.abs(got - want).max() < 1e-2 * np.abs(want).max(), f'{case} {layout} {name}'  # measured <= 4.7e-3
