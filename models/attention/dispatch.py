@@ -78,8 +78,9 @@ def unserved(path: str, mask_kind: str | None, platform: str, seq_len: int, q_bl
               f'all), not {mask_kind}: a prefix needs two kernel calls per pair; the pure-JAX hops serve it')
     if seq_len % (2 * ring_size):
       return f'the sequence length {seq_len} must split into 2 x {ring_size} ring half-chunks'
-    return pallas.unsupported_reason(platform, pallas.MaskKind(mask_kind), seq_len // (2 * ring_size), q_block,
-                                     kv_block)
+    half = seq_len // (2 * ring_size)
+    reason = pallas.unsupported_reason(platform, pallas.MaskKind(mask_kind), half, q_block, kv_block)
+    return reason and f'ring half-chunks of data.seq_len / (2 x {ring_size}) = {half} tokens: {reason}'
   if mask_kind is None:
     return ('the mask promises no static bidirectional pattern (AttentionMask.kind none, prefix or all) that a '
             'fused kernel could serve')
@@ -117,7 +118,8 @@ def attend(q_BSHE: jax.Array, k_BTKE: jax.Array, v_BTKE: jax.Array, mask: Attent
     raise ValueError(f'unknown attention kind {kind!r}; use one of {tuple(PATHS)}')
   platform = target_platform()
   mesh = jax.sharding.get_abstract_mesh()
-  ring_size = 1 if kind != 'ring' or mesh.empty else math.prod(mesh.shape[a] for a in rules.mesh_axes('length'))
+  sizes = {} if kind != 'ring' or mesh.empty else dict(mesh.shape)  # a ring without its axis: ring_attention says so
+  ring_size = math.prod(sizes.get(a, 1) for a in rules.mesh_axes('length'))
   chosen = choose(kernel, kind, mask.kind, platform, q_BSHE.shape[1], q_block, kv_block, ring_size)[0]
   if kv_mask is not None or chosen == 'jax':
     return PATHS[kind](q_BSHE, k_BTKE, v_BTKE, mask, q_block, kv_block, kv_mask)
